@@ -1,0 +1,47 @@
+"""Fields shared by every MNIST-family experiment, with their defaults.
+
+Each preset starts from `base_config()` and changes what its source did.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "custom"  # preset name; the default workdir is runs/<experiment>/<name>
+
+    # Data.
+    c.dataset = "mnist"  # mnist | fashion_mnist
+    c.data_dir = ""  # folder with the four IDX files (plain or .gz); empty: tensorflow-datasets
+    c.tfds_data_dir = ""  # where TFDS keeps prepared data; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.task = "pixel"  # pixel: 784 x 1 | permuted: fixed pixel permutation | row: 28 x 28
+    c.permutation_seed = 0  # seed of the fixed permutation of the permuted task
+    c.shuffle = True  # False: take the training set in order, wrapping around
+
+    # Model.
+    c.cell = "irnn"  # irnn | rnn_relu | rnn_tanh | lstm
+    c.hidden_size = 100
+    c.recurrent_gain = 1.0  # irnn: recurrent kernel = gain * identity
+    c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
+    c.head_sizes = ()  # dense layers between the last state and the logits
+    c.head_activation = "sigmoid"
+
+    # Optimiser.
+    c.optimizer = "rmsprop"  # rmsprop | adam | sgd, with Keras constants
+    c.learning_rate = 1e-6
+    c.clip_norm = 1.0  # global-norm clipping; 0 turns it off
+
+    # Length of the run.
+    c.batch_size = 32
+    c.num_epochs = 200
+    c.num_train_steps = 0  # when > 0, caps the run at this many optimiser steps
+    c.seed = 0  # initial parameters and the per-epoch data order
+
+    # Reporting and checkpoints.
+    c.eval_every_steps = 1875  # full test set; also at the last step
+    c.eval_batch_size = 1000
+    c.checkpoint_every_steps = 1875  # also at the last step and on SIGTERM/SIGINT
+    c.max_checkpoints_to_keep = 3
+    c.log_every_steps = 100  # how often the host checks for a non-finite loss
+    c.progress_bar = True
+    return c

@@ -1,0 +1,63 @@
+"""Metric output: one JSON object per evaluation in `metrics.jsonl`, and TensorBoard.
+
+Rows carry at least: step, epoch, train_loss, train_accuracy, test_loss,
+test_accuracy, grad_norm, steps_per_second. Timing fields (TIMING_FIELDS) vary
+from run to run; every other field is a deterministic function of the config.
+"""
+
+import json
+import os
+from pathlib import Path
+
+TIMING_FIELDS = frozenset({"steps_per_second", "elapsed_seconds"})
+
+
+def should_run(step: int, every: int, last_step: int) -> bool:
+    """True at steps every, 2*every, ... and at the last step (steps count from 1)."""
+    return step == last_step or (every > 0 and step % every == 0)
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    """Appends rows to WORKDIR/metrics.jsonl and writes TensorBoard scalars.
+
+    On resume from checkpoint step S, rows past S (written after that
+    checkpoint, before the interruption) are dropped so that the file ends up
+    as the uninterrupted run's; TensorBoard is told to purge them too.
+    """
+
+    def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+        self.path = Path(workdir) / "metrics.jsonl"
+        kept = [r for r in read_rows(self.path) if r["step"] <= resume_step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir), purge_step=resume_step + 1 if resume_step else None)
+
+    def write(self, row: dict) -> None:
+        # Flushed and synced before the checkpoint of the same step is saved,
+        # so a row never goes missing for a step that a checkpoint covers.
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self._tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, row["step"])
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

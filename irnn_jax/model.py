@@ -1,0 +1,165 @@
+"""Recurrent cells and the scanned sequence classifier.
+
+A cell computes one time step; `nn.scan` lifts it over the time axis with the
+parameters broadcast to every step (as in Flax's `examples/sst2`). The
+classifier reads the last hidden state and maps it through optional dense
+layers to class logits. Initialisers follow Keras so that presets reproduce
+the Keras source experiments:
+
+* `irnn`: ReLU, recurrent kernel = gain * identity, input kernel
+  ~ N(0, input_init_std), bias 0 (Le, Jaitly & Hinton, 2015).
+* `rnn_relu` / `rnn_tanh`: Keras `SimpleRNN` defaults: glorot-uniform input
+  kernel, orthogonal recurrent kernel, bias 0.
+* `lstm`: Keras `LSTM` defaults: glorot-uniform, orthogonal, bias 0 except
+  the forget gate's, which starts at 1 (`unit_forget_bias=True`).
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
+
+Initializer = Callable[..., jax.Array]
+
+
+def identity_init(gain: float = 1.0) -> Initializer:
+    """Keras `initializers.Identity(gain)`: gain * I for a square kernel."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        if len(shape) != 2 or shape[0] != shape[1]:
+            raise ValueError(f"identity_init needs a square 2-D shape, got {shape}")
+        return gain * jnp.eye(shape[0], dtype=dtype)
+
+    return init
+
+
+# Keras defaults. Flax's glorot_uniform is variance_scaling(1, fan_avg, uniform),
+# the same limit sqrt(6 / (fan_in + fan_out)) as Keras.
+glorot_uniform = nn.initializers.glorot_uniform()
+orthogonal = nn.initializers.orthogonal()
+zeros = nn.initializers.zeros
+
+
+class SimpleRNNCell(nn.Module):
+    """h_t = act(x_t W_in + h_{t-1} W_rec + b); parameters named as in Keras."""
+
+    features: int
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    kernel_init: Initializer = glorot_uniform
+    recurrent_init: Initializer = orthogonal
+    bias_init: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, h_BxH: jax.Array, x_BxC: jax.Array) -> tuple[jax.Array, None]:
+        w_in_CxH = self.param("kernel", self.kernel_init, (x_BxC.shape[-1], self.features))
+        w_rec_HxH = self.param("recurrent_kernel", self.recurrent_init, (self.features, self.features))
+        b_H = self.param("bias", self.bias_init, (self.features,))
+        h_BxH = self.activation(x_BxC @ w_in_CxH + h_BxH @ w_rec_HxH + b_H)
+        # Only the last state is used: emitting nothing keeps the scan's output small.
+        return h_BxH, None
+
+    @staticmethod
+    def initial_carry(batch_size: int, features: int) -> jax.Array:
+        return jnp.zeros((batch_size, features), jnp.float32)
+
+    @staticmethod
+    def output(carry: jax.Array) -> jax.Array:
+        return carry
+
+
+def _keras_lstm_bias(features: int) -> Initializer:
+    """Zeros except the forget gate (second quarter, Keras gate order i, f, c, o)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.zeros(shape, dtype).at[features : 2 * features].set(1.0)
+
+    return init
+
+
+class LSTMCell(nn.Module):
+    """Keras `LSTM` cell: gates i, f, c, o from one fused kernel of width 4H."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, carry: tuple[jax.Array, jax.Array], x_BxC: jax.Array):
+        c_BxH, h_BxH = carry
+        h4 = 4 * self.features
+        w_in = self.param("kernel", glorot_uniform, (x_BxC.shape[-1], h4))
+        w_rec = self.param("recurrent_kernel", orthogonal, (self.features, h4))
+        b = self.param("bias", _keras_lstm_bias(self.features), (h4,))
+        z_Bx4H = x_BxC @ w_in + h_BxH @ w_rec + b
+        i, f, g, o = jnp.split(z_Bx4H, 4, axis=-1)
+        c_BxH = nn.sigmoid(f) * c_BxH + nn.sigmoid(i) * jnp.tanh(g)
+        h_BxH = nn.sigmoid(o) * jnp.tanh(c_BxH)
+        return (c_BxH, h_BxH), None
+
+    @staticmethod
+    def initial_carry(batch_size: int, features: int):
+        z = jnp.zeros((batch_size, features), jnp.float32)
+        return (z, z)
+
+    @staticmethod
+    def output(carry) -> jax.Array:
+        return carry[1]
+
+
+def make_cell(cell: str, hidden_size: int, recurrent_gain: float, input_init_std: float, name: str):
+    """Returns (cell class, constructor kwargs) for one of `CELLS`."""
+    if cell == "irnn":
+        return SimpleRNNCell, dict(
+            features=hidden_size,
+            activation=nn.relu,
+            kernel_init=nn.initializers.normal(input_init_std),
+            recurrent_init=identity_init(recurrent_gain),
+            name=name,
+        )
+    if cell in ("rnn_relu", "rnn_tanh"):
+        act = nn.relu if cell == "rnn_relu" else jnp.tanh
+        return SimpleRNNCell, dict(features=hidden_size, activation=act, name=name)
+    if cell == "lstm":
+        return LSTMCell, dict(features=hidden_size, name=name)
+    raise ValueError(f"unknown cell {cell!r}; choose one of {CELLS}")
+
+
+HEAD_ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh}
+
+
+class SequenceClassifier(nn.Module):
+    """Recurrent layer over (B, T, C) inputs, dense head on the last state."""
+
+    num_classes: int
+    cell: str = "irnn"
+    hidden_size: int = 100
+    recurrent_gain: float = 1.0
+    input_init_std: float = 0.001
+    head_sizes: Sequence[int] = ()
+    head_activation: str = "sigmoid"
+
+    @nn.compact
+    def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
+        cell_cls, kwargs = make_cell(self.cell, self.hidden_size, self.recurrent_gain, self.input_init_std, name="rnn")
+        scan = nn.scan(
+            cell_cls,
+            variable_broadcast="params",
+            split_rngs={"params": False},
+            in_axes=1,
+        )
+        carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
+        carry, _ = scan(**kwargs)(carry, x_BxTxC)
+        y = cell_cls.output(carry)
+        for i, size in enumerate(self.head_sizes):
+            y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
+            y = HEAD_ACTIVATIONS[self.head_activation](y)
+        return nn.Dense(self.num_classes, kernel_init=glorot_uniform, name="logits")(y)
+
+
+def count_params(params: Any) -> int:
+    """Total number of scalars in a parameter tree (Keras `count_params`)."""
+    return sum(int(x.size) for x in jax.tree.leaves(params))

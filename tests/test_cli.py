@@ -1,0 +1,86 @@
+"""The command line as a user meets it: --help, presets, clear errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.configs import base, pixel_mnist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args, timeout=120):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.pixel_mnist", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_lists_every_field_and_preset():
+    out = _run("--help")  # absl's --help exits 1 by convention
+    assert "CONFIG FIELDS" in out.stdout, out.stderr
+    for field in base.base_config():
+        assert f"\n  {field} " in out.stdout, field
+    for preset in pixel_mnist.PRESETS:
+        assert f"\n{preset}\n" in out.stdout, preset
+
+
+def test_issue_fields_exist():
+    c = pixel_mnist.get_config("keras")
+    for field in (
+        "dataset",
+        "data_dir",
+        "batch_size",
+        "learning_rate",
+        "clip_norm",
+        "num_epochs",
+        "num_train_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "seed",
+    ):
+        assert field in c, field
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="unknown preset"):
+        pixel_mnist.get_config("nope")
+
+
+def test_keras_presets_match_the_sources():
+    s0, s1 = pixel_mnist.get_config("keras"), pixel_mnist.get_config("keras_default_init")
+    assert (s0.cell, s0.batch_size, s0.num_epochs, s0.learning_rate, s0.clip_norm) == ("irnn", 32, 200, 1e-6, 1.0)
+    assert (s0.recurrent_gain, s0.input_init_std, s0.hidden_size) == (1.0, 0.001, 100)
+    assert pixel_mnist.get_config("keras_900").num_epochs == 900
+    assert (s1.cell, s1.batch_size, s1.num_epochs, s1.learning_rate) == ("rnn_relu", 1024, 10, 1e-6)
+
+
+def test_bad_value_exits_1_with_a_message(tmp_path):
+    out = _run(f"--workdir={tmp_path}", "--config.batch_size=0")
+    assert out.returncode == 1
+    assert "batch_size must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_missing_data_dir_exits_1_with_a_message(tmp_path):
+    out = _run(f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path / 'none'}")
+    assert out.returncode == 1
+    assert "does not exist" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
+    out = _run(
+        f"--workdir={tmp_path}",
+        f"--config.data_dir={idx_dir}",
+        "--config.hidden_size=4",
+        "--config.num_train_steps=3",
+        "--config.batch_size=2",
+        "--config.progress_bar=False",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "done: step 3, test accuracy" in out.stdout
+    assert (tmp_path / "checkpoints" / "3").is_dir()

@@ -1,0 +1,54 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import pixel_mnist
+from irnn_jax import model, train
+
+
+@pytest.mark.parametrize("preset", ["keras", "keras_900", "keras_default_init"])
+def test_pixel_presets_have_keras_parameter_count(preset):
+    state = train.create_state(pixel_mnist.get_config(preset))
+    assert model.count_params(state.params) == 11_210
+    shapes = jax.tree.map(jnp.shape, state.params)
+    assert shapes["rnn"] == {"kernel": (1, 100), "recurrent_kernel": (100, 100), "bias": (100,)}
+    assert shapes["logits"] == {"kernel": (100, 10), "bias": (10,)}
+
+
+def test_irnn_initialisation():
+    c = pixel_mnist.get_config("keras")
+    c.recurrent_gain = 0.5
+    rnn = train.create_state(c).params["rnn"]
+    np.testing.assert_array_equal(rnn["recurrent_kernel"], 0.5 * np.eye(100))
+    np.testing.assert_array_equal(rnn["bias"], np.zeros(100))
+    assert 0.0007 < float(jnp.std(rnn["kernel"])) < 0.0013  # N(0, 0.001), 100 draws
+
+
+def test_keras_default_initialisation():
+    rnn = train.create_state(pixel_mnist.get_config("keras_default_init")).params["rnn"]
+    w = np.asarray(rnn["recurrent_kernel"])
+    np.testing.assert_allclose(w @ w.T, np.eye(100), atol=1e-5)  # orthogonal
+    assert not np.allclose(w, np.eye(100))
+    limit = np.sqrt(6 / (1 + 100))  # glorot-uniform, fan_in 1, fan_out 100
+    k = np.asarray(rnn["kernel"])
+    assert np.all(np.abs(k) <= limit) and np.abs(k).max() > 0.8 * limit
+
+
+def test_identity_init_rejects_non_square():
+    with pytest.raises(ValueError, match="square"):
+        model.identity_init()(None, (3, 4))
+
+
+@pytest.mark.parametrize("cell,act", [("irnn", lambda z: np.maximum(z, 0)), ("rnn_tanh", np.tanh)])
+def test_scan_matches_the_recurrence_written_out(cell, act):
+    m = model.SequenceClassifier(num_classes=3, cell=cell, hidden_size=5, recurrent_gain=0.9, input_init_std=0.5)
+    x = np.random.default_rng(0).normal(size=(2, 7, 4)).astype(np.float32)
+    params = m.init(jax.random.key(1), x)["params"]
+    got = np.asarray(m.apply({"params": params}, x))
+    p = jax.tree.map(np.asarray, params)
+    h = np.zeros((2, 5), np.float32)
+    for t in range(7):
+        h = act(x[:, t] @ p["rnn"]["kernel"] + h @ p["rnn"]["recurrent_kernel"] + p["rnn"]["bias"])
+    want = h @ p["logits"]["kernel"] + p["logits"]["bias"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

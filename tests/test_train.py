@@ -1,0 +1,192 @@
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from irnn_jax import data, metrics, train
+from tests.conftest import make_images, tiny_config
+
+
+def _keras_rmsprop_numpy(w, grads, lr, rho=0.9, eps=1e-7):
+    v = np.zeros_like(w)
+    for g in grads:
+        v = rho * v + (1 - rho) * g * g
+        w = w - lr * g / (np.sqrt(v) + eps)  # eps outside the square root
+    return w
+
+
+def _apply(tx, w, grads):
+    params = {"w": jnp.asarray(w)}
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+    return np.asarray(params["w"])
+
+
+def test_rmsprop_has_keras_semantics(idx_dir):
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=5).astype(np.float32)
+    grads = [rng.normal(size=5).astype(np.float32) * 1e-4 for _ in range(4)]  # small: eps matters
+    c = tiny_config(idx_dir, clip_norm=0.0, learning_rate=1e-2)
+    got = _apply(train.make_optimizer(c), w, grads)
+    np.testing.assert_allclose(got, _keras_rmsprop_numpy(w, grads, 1e-2), rtol=1e-5)
+    # eps inside the square root (optax's default) would differ measurably here.
+    inside = optax.rmsprop(1e-2, decay=0.9, eps=1e-7)
+    assert not np.allclose(_apply(inside, w, grads), got, rtol=1e-3)
+
+
+def test_global_norm_clipping_comes_first(idx_dir):
+    g = np.array([3.0, 4.0], np.float32)  # norm 5
+    c = tiny_config(idx_dir, clip_norm=1.0, learning_rate=1e-2)
+    got = _apply(train.make_optimizer(c), np.zeros(2, np.float32), [g, 2 * g])
+    want = _keras_rmsprop_numpy(np.zeros(2, np.float32), [g / 5, 2 * g / 10], 1e-2)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_adam_has_keras_semantics(idx_dir):
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=4).astype(np.float32)
+    grads = [rng.normal(size=4).astype(np.float32) * 1e-5 for _ in range(3)]
+    c = tiny_config(idx_dir, optimizer="adam", clip_norm=0.0, learning_rate=1e-3)
+    m = v = np.zeros_like(w)
+    want = w.copy()
+    for t, g in enumerate(grads, 1):
+        m = m + (g - m) * 0.1
+        v = v + (g * g - v) * 0.001
+        want = want - 1e-3 * np.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(_apply(train.make_optimizer(c), w, grads), want, rtol=1e-5)
+
+
+def _batch(n=4, seed=0, mask=None):
+    images, labels = make_images(n, seed)
+    return {
+        "images": images,
+        "labels": labels.astype(np.int32),
+        "mask": np.ones(n, np.float32) if mask is None else np.asarray(mask, np.float32),
+    }
+
+
+def test_train_step_changes_every_parameter(idx_dir):
+    c = tiny_config(idx_dir, learning_rate=1e-3)
+    state = train.create_state(c)
+    before = jax.tree.map(np.asarray, state.params)
+    step_fn, _ = train.jitted_steps(c, state.apply_fn)
+    state = step_fn(state, _batch())
+    after = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    for (path, b), a in zip(after, jax.tree.leaves(before), strict=True):
+        assert not np.array_equal(a, np.asarray(b)), jax.tree_util.keystr(path)
+    assert int(state.step) == 1 and float(state.sums["count"]) == 4
+
+
+def test_masked_examples_do_not_count(idx_dir):
+    c = tiny_config(idx_dir, learning_rate=1e-3)
+    step_fn, _ = train.jitted_steps(c, train.create_state(c).apply_fn)
+    full = _batch(4)
+    padded = {k: np.concatenate([v[:2], v[:2][::-1]]) for k, v in full.items() if k != "mask"}
+    padded["mask"] = np.array([1, 1, 0, 0], np.float32)
+    small = {"images": full["images"][:2], "labels": full["labels"][:2], "mask": np.ones(2, np.float32)}
+    a = step_fn(train.create_state(c), padded)
+    b = step_fn(train.create_state(c), small)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9), a.params, b.params)
+    assert float(a.sums["count"]) == 2
+
+
+def test_non_finite_step_freezes_the_state(idx_dir):
+    c = tiny_config(idx_dir, learning_rate=1e-3)
+    step_fn = jax.jit(functools.partial(train.train_step, sequence_fn=data.make_sequence_fn("pixel")))
+    state = step_fn(train.create_state(c), _batch())
+    assert int(state.sums["nonfinite"]) == 0 and int(state.step) == 1
+    nan_params = jax.tree.map(lambda p: p * jnp.nan, state.params)
+    out = step_fn(state.replace(params=nan_params), _batch(seed=1))
+    # The update is refused and counted: the step counter does not move...
+    assert int(out.sums["nonfinite"]) == 1 and int(out.step) == 1
+    assert float(out.sums["count"]) == 4  # only the first, finite step counted
+    # ...and later finite steps do not move the state either.
+    later = step_fn(out.replace(params=state.params), _batch(seed=2))
+    assert int(later.step) == 1 and int(later.sums["nonfinite"]) == 2  # refused steps
+    jax.tree.map(np.testing.assert_array_equal, later.params, state.params)
+
+
+@pytest.mark.parametrize(
+    "every,last,want",
+    [(5, 12, [5, 10, 12]), (4, 12, [4, 8, 12]), (1, 3, [1, 2, 3]), (20, 12, [12])],
+)
+def test_should_run_every_n_and_the_last(every, last, want):
+    assert [s for s in range(1, last + 1) if metrics.should_run(s, every, last)] == want
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("batch_size", 0, "batch_size must be an integer >= 1"),
+        ("learning_rate", -1.0, "learning_rate must be > 0"),
+        ("clip_norm", -0.5, "clip_norm must be >= 0"),
+        ("dataset", "cifar10", "dataset must be one of"),
+        ("cell", "gru", "cell must be one of"),
+        ("task", "column", "task must be one of"),
+        ("eval_every_steps", 0, "eval_every_steps must be an integer >= 1"),
+        ("num_train_steps", -3, "num_train_steps must be an integer >= 0"),
+    ],
+)
+def test_config_out_of_range_is_refused(idx_dir, field, value, message, tmp_path):
+    c = tiny_config(idx_dir)
+    c[field] = value
+    with pytest.raises(train.ConfigError, match=message):
+        train.train_and_evaluate(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()  # refused before anything is written
+
+
+def test_run_writes_metrics_tensorboard_and_checkpoints(idx_dir, tmp_path):
+    c = tiny_config(idx_dir)
+    result = train.train_and_evaluate(c, tmp_path)
+    rows = metrics.read_rows(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [5, 10, 12]
+    for key in (
+        "step",
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "grad_norm",
+        "steps_per_second",
+    ):
+        assert all(np.isfinite(r[key]) for r in rows), key
+    assert rows[0]["epoch"] == pytest.approx(5 / 24, abs=1e-4)  # 96 examples / batch 4
+    assert all(0 <= r["test_accuracy"] <= 1 for r in rows)
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [4, 8, 12]
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert result.step == 12 and not result.stopped_by_signal and result.last_row == rows[-1]
+    json.dumps(rows)
+
+
+def test_finished_run_is_not_repeated(idx_dir, tmp_path):
+    c = tiny_config(idx_dir)
+    train.train_and_evaluate(c, tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    result = train.train_and_evaluate(c, tmp_path)
+    assert result.step == 12 and result.last_row is None
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_divergence_raises_and_saves_the_last_good_state(idx_dir, tmp_path):
+    # SGD at a huge learning rate without clipping blows a ReLU RNN up within steps.
+    c = tiny_config(
+        idx_dir,
+        optimizer="sgd",
+        learning_rate=1e6,
+        clip_norm=0.0,
+        recurrent_gain=1.0,
+        num_train_steps=40,
+        checkpoint_every_steps=100,
+        eval_every_steps=100,
+    )
+    with pytest.raises(train.DivergenceError, match="non-finite at step") as e:
+        train.train_and_evaluate(c, tmp_path)
+    saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+    assert len(saved) == 1 and f"after step {saved[0]} is saved" in str(e.value)
