@@ -1,5 +1,6 @@
 """The absl entry point shared by the experiments: flags, --help, clean errors."""
 
+import importlib
 import logging as std_logging
 import re
 import sys
@@ -11,14 +12,19 @@ from ml_collections import config_flags
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
-def field_help() -> str:
-    """One line per config field, from the comments in configs/base.py."""
-    lines = []
-    for line in (CONFIG_DIR / "base.py").read_text().splitlines():
-        m = re.match(r"\s*c\.(\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
-        if m:
-            name, default, comment = m.groups()
-            lines.append(f"  {name:<24} default {default}" + (f"; {comment}" if comment else ""))
+def field_help(config_file: str) -> str:
+    """One line per config field, from the comments in configs/base.py and the
+    experiment's own config file (fields it adds)."""
+    lines, seen = [], set()
+    for path in (CONFIG_DIR / "base.py", CONFIG_DIR / config_file):
+        for line in path.read_text().splitlines():
+            m = re.match(r"\s*c\.(\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
+            if m and m.group(1) not in seen:
+                name, default, comment = m.groups()
+                seen.add(name)
+                if not _is_literal(default):
+                    default = "set by the preset"
+                lines.append(f"  {name:<24} default {default}" + (f"; {comment}" if comment else ""))
     return "\n".join(lines)
 
 
@@ -32,11 +38,12 @@ class _QuietLibraries(std_logging.Filter):
 def run_experiment(doc: str, config_file: str, default_preset: str, experiment: str) -> None:
     """Defines --workdir and --config, then trains. Known failures exit 1 with a message."""
     config_path = CONFIG_DIR / config_file
-    presets_doc = _module_doc(config_path)
+    presets = importlib.import_module(f"experiments.configs.{config_path.stem}").PRESETS
     sys.modules["__main__"].__doc__ = (
-        f"{doc}\nPRESETS ({config_path.relative_to(CONFIG_DIR.parent.parent)}):\n{presets_doc}\n"
+        f"{doc}\nPRESETS ({config_path.relative_to(CONFIG_DIR.parent.parent)}): {', '.join(presets)}\n\n"
+        f"{_module_doc(config_path)}\n\n"
         f"CONFIG FIELDS (override with --config.FIELD=VALUE; presets change some defaults):\n"
-        f"{field_help()}\n"
+        f"{field_help(config_file)}\n"
     ).replace("%", "%%")
     workdir_flag = flags.DEFINE_string(
         "workdir", None, f"run directory; default runs/{experiment}/<preset name>. Resumes if it holds a checkpoint."
@@ -56,6 +63,8 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         logging.info("config:\n%s", config)
         logging.info("workdir: %s", Path(workdir).resolve())
         try:
+            train.validate_config(config)
+            record_session(Path(workdir), experiment, config)
             result = train.train_and_evaluate(config, workdir)
         except (train.ConfigError, data.DataError, checkpoint.CheckpointMismatchError, train.DivergenceError) as e:
             print(f"error: {e}", file=sys.stderr)
@@ -71,6 +80,57 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 
     app.run(main)
+
+
+def hardware() -> str:
+    """'CPU model (N cores); jax device kind', for the results page."""
+    import os
+
+    import jax
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return f"{cpu} ({os.cpu_count()} cores); {dev.platform}: {dev.device_kind}"
+
+
+def record_session(workdir: Path, experiment: str, config) -> None:
+    """Appends this invocation (command, hardware, time) to WORKDIR/run.json."""
+    import datetime
+    import json
+    import shlex
+
+    import jax
+
+    path = workdir / "run.json"
+    info = json.loads(path.read_text()) if path.exists() else {"sessions": []}
+    info.update(experiment=experiment, preset=config.name, config=config.to_dict())
+    info["sessions"].append(
+        {
+            "command": shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]]),
+            "hardware": hardware(),
+            "jax": jax.__version__,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+    )
+    workdir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(info, indent=1, default=list) + "\n")
+
+
+def _is_literal(text: str) -> bool:
+    import ast
+
+    try:
+        ast.literal_eval(text)
+        return True
+    except (ValueError, SyntaxError):
+        return False
 
 
 def _module_doc(path: Path) -> str:

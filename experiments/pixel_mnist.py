@@ -10,7 +10,5 @@ saves a checkpoint and exits 0.
 
 from experiments import cli
 
-_CONFIGS = "pixel_mnist.py"
-
 if __name__ == "__main__":
-    cli.run_experiment(__doc__, _CONFIGS, default_preset="keras", experiment="pixel_mnist")
+    cli.run_experiment(__doc__, "pixel_mnist.py", default_preset="keras", experiment="pixel_mnist")

@@ -22,6 +22,7 @@ RESUMABLE_FIELDS = frozenset(
         "num_epochs",
         "num_train_steps",
         "eval_every_steps",
+        "eval_offset",
         "checkpoint_every_steps",
         "log_every_steps",
         "max_checkpoints_to_keep",

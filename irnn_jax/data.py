@@ -25,8 +25,9 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-DATASETS = ("mnist", "fashion_mnist")
-TASKS = ("pixel", "permuted", "row")
+IMAGE_DATASETS = ("mnist", "fashion_mnist")
+DATASETS = (*IMAGE_DATASETS, "adding")
+TASKS = ("pixel", "permuted", "row", "adding")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
 
@@ -49,11 +50,14 @@ class DataError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8, (N, 28, 28)
-    labels: np.ndarray  # int32, (N,)
+    """Images: uint8 (N, 28, 28) and int32 labels (N,). Adding problem:
+    float32 sequences (N, T, 2) and float32 sums (N,)."""
+
+    inputs: np.ndarray
+    targets: np.ndarray
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,9 +205,13 @@ def load_tfds(name: str, tfds_data_dir: str = "") -> Dataset:
 
 
 def load(config) -> Dataset:
-    """The dataset a config asks for: from `config.data_dir` if set, else TFDS."""
+    """The dataset a config asks for: generated, from `config.data_dir`, or TFDS."""
     if config.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {config.dataset!r}")
+    if config.dataset == "adding":
+        from irnn_jax import adding
+
+        return adding.load(config)
     if config.data_dir:
         return load_idx_dir(config.data_dir, config.dataset)
     return load_tfds(config.dataset, config.tfds_data_dir)
@@ -212,13 +220,24 @@ def load(config) -> Dataset:
 # ----------------------------------------------------------------- sequence views
 
 
-def sequence_shape(task: str) -> tuple[int, int]:
-    """(time steps, values per step) of a task's view of a 28x28 image."""
-    if task in ("pixel", "permuted"):
+def is_regression(config) -> bool:
+    """The adding problem is regression (one output, MSE); the rest classify."""
+    return config.dataset == "adding"
+
+
+def num_outputs(config) -> int:
+    return 1 if is_regression(config) else NUM_CLASSES
+
+
+def sequence_shape(config) -> tuple[int, int]:
+    """(time steps, values per step) of the model's input."""
+    if config.task in ("pixel", "permuted"):
         return (784, 1)
-    if task == "row":
+    if config.task == "row":
         return (28, 28)
-    raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if config.task == "adding":
+        return (config.sequence_length, 2)
+    raise ValueError(f"task must be one of {TASKS}, got {config.task!r}")
 
 
 def pixel_permutation(seed: int) -> np.ndarray:
@@ -226,13 +245,15 @@ def pixel_permutation(seed: int) -> np.ndarray:
     return np.random.Generator(np.random.PCG64(seed)).permutation(784)
 
 
-def make_sequence_fn(task: str, permutation_seed: int = 0):
-    """Returns f(uint8 images B x 28 x 28) -> float32 sequences B x T x C in [0, 1].
+def make_sequence_fn(config):
+    """Returns f(batch inputs) -> float32 sequences B x T x C, run inside jit.
 
-    Runs inside jit, so batches travel to the device as uint8.
+    Images travel to the device as uint8 and become [0, 1] floats there.
     """
-    steps, width = sequence_shape(task)
-    perm = jnp.asarray(pixel_permutation(permutation_seed)) if task == "permuted" else None
+    steps, width = sequence_shape(config)
+    if config.task == "adding":
+        return lambda x: x.astype(jnp.float32)
+    perm = jnp.asarray(pixel_permutation(config.permutation_seed)) if config.task == "permuted" else None
 
     def to_sequences(images):
         x = images.astype(jnp.float32) / 255.0
@@ -280,11 +301,11 @@ def _pad(idx: np.ndarray, batch_size: int):
 
 
 def _gather(split: Split, idx: np.ndarray, mask: np.ndarray) -> dict:
-    return {"images": split.images[idx], "labels": split.labels[idx], "mask": mask}
+    return {"inputs": split.inputs[idx], "targets": split.targets[idx], "mask": mask}
 
 
 def batch_at(split: Split, step: int, batch_size: int, seed: int, shuffle: bool = True) -> dict:
-    """The training batch for `step`: uint8 images, int32 labels, float32 mask."""
+    """The training batch for `step`: inputs, targets and a float32 mask."""
     return _gather(split, *batch_indices(step, len(split), batch_size, seed, shuffle))
 
 

@@ -12,9 +12,15 @@ from pathlib import Path
 TIMING_FIELDS = frozenset({"steps_per_second", "elapsed_seconds"})
 
 
-def should_run(step: int, every: int, last_step: int) -> bool:
-    """True at steps every, 2*every, ... and at the last step (steps count from 1)."""
-    return step == last_step or (every > 0 and step % every == 0)
+def should_run(step: int, every: int, last_step: int, offset: int = 0) -> bool:
+    """True at steps offset + every * k (k >= 1, or k >= 0 when offset > 0) and at the last.
+
+    Steps count optimiser steps done, from 1. offset=1 reproduces a Keras loop
+    that evaluates `if step % every == 0` right after training on 0-based `step`.
+    """
+    if step == last_step:
+        return True
+    return every > 0 and step >= max(offset, 1) and (step - offset) % every == 0
 
 
 def read_rows(path: str | Path) -> list[dict]:

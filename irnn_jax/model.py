@@ -132,9 +132,9 @@ HEAD_ACTIVATIONS = {"sigmoid": nn.sigmoid, "relu": nn.relu, "tanh": jnp.tanh}
 
 
 class SequenceClassifier(nn.Module):
-    """Recurrent layer over (B, T, C) inputs, dense head on the last state."""
+    """Recurrent layer over (B, T, C) inputs, dense head on the last state: (B, num_outputs)."""
 
-    num_classes: int
+    num_outputs: int
     cell: str = "irnn"
     hidden_size: int = 100
     recurrent_gain: float = 1.0
@@ -157,7 +157,7 @@ class SequenceClassifier(nn.Module):
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)
-        return nn.Dense(self.num_classes, kernel_init=glorot_uniform, name="logits")(y)
+        return nn.Dense(self.num_outputs, kernel_init=glorot_uniform, name="logits")(y)
 
 
 def count_params(params: Any) -> int:

@@ -87,6 +87,18 @@ def validate_config(config) -> None:
         c.num_train_steps > 0 or (isinstance(c.num_epochs, int) and c.num_epochs >= 1),
         f"num_epochs must be an integer >= 1 when num_train_steps is 0, got {c.num_epochs!r}",
     )
+    need(
+        isinstance(c.eval_offset, int) and c.eval_offset >= 0,
+        f"eval_offset must be an integer >= 0, got {c.eval_offset!r}",
+    )
+    need(
+        (c.dataset == "adding") == (c.task == "adding"),
+        f"task 'adding' goes with dataset 'adding' only, got dataset {c.dataset!r} and task {c.task!r}",
+    )
+    if c.dataset == "adding":
+        for field, low in (("sequence_length", 2), ("num_train_examples", 1), ("num_test_examples", 1)):
+            v = c.get(field)
+            need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}, got {v!r}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -114,8 +126,10 @@ def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -
     """
 
     def init(params):
-        z = jax.tree.map(jnp.zeros_like, params)
-        return KerasAdamState(jnp.zeros((), jnp.int32), z, z)
+        # Two separate trees: the train step donates the state, and a buffer
+        # shared by mu and nu would be donated twice.
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        return KerasAdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
 
     def update(grads, state, params=None):
         del params
@@ -160,7 +174,7 @@ def zero_sums() -> dict:
 
 def build_model(config) -> model_lib.SequenceClassifier:
     return model_lib.SequenceClassifier(
-        num_classes=data_lib.NUM_CLASSES,
+        num_outputs=data_lib.num_outputs(config),
         cell=config.cell,
         hidden_size=config.hidden_size,
         recurrent_gain=config.recurrent_gain,
@@ -173,29 +187,44 @@ def build_model(config) -> model_lib.SequenceClassifier:
 def create_state(config) -> TrainState:
     """Initial parameters (from `config.seed`) and optimiser state."""
     model = build_model(config)
-    steps, width = data_lib.sequence_shape(config.task)
+    steps, width = data_lib.sequence_shape(config)
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, steps, width), jnp.float32))["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config), sums=zero_sums())
 
 
-def _masked_loss(params, apply_fn, sequence_fn, batch):
-    logits_BxK = apply_fn({"params": params}, sequence_fn(batch["images"]))
-    losses_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxK, batch["labels"])
-    mask_B = batch["mask"]
-    count = mask_B.sum()
-    loss_sum = (losses_B * mask_B).sum()
-    correct = ((jnp.argmax(logits_BxK, -1) == batch["labels"]) * mask_B).sum()
-    return loss_sum / jnp.maximum(count, 1.0), (loss_sum, correct, count)
+def make_loss_fn(config):
+    """loss(params, apply_fn, batch) -> (mean loss, (loss sum, correct count, count)).
+
+    Classification: softmax cross-entropy and accuracy. Regression (the adding
+    problem): squared error, and `correct` is 0. Masked examples count nowhere.
+    """
+    sequence_fn = data_lib.make_sequence_fn(config)
+    regression = data_lib.is_regression(config)
+
+    def loss_fn(params, apply_fn, batch):
+        out_BxK = apply_fn({"params": params}, sequence_fn(batch["inputs"]))
+        targets, mask_B = batch["targets"], batch["mask"]
+        if regression:
+            losses_B = jnp.square(out_BxK[:, 0] - targets)
+            correct_B = jnp.zeros_like(losses_B)
+        else:
+            losses_B = optax.softmax_cross_entropy_with_integer_labels(out_BxK, targets)
+            correct_B = jnp.argmax(out_BxK, -1) == targets
+        count = mask_B.sum()
+        loss_sum = (losses_B * mask_B).sum()
+        return loss_sum / jnp.maximum(count, 1.0), (loss_sum, (correct_B * mask_B).sum(), count)
+
+    return loss_fn
 
 
-def train_step(state: TrainState, batch: dict, sequence_fn) -> TrainState:
+def train_step(state: TrainState, batch: dict, loss_fn) -> TrainState:
     """One optimiser step; pure. Once a step is non-finite the state stops changing.
 
     The update is applied only while every step so far was finite, so the state
     kept after a divergence is the last good one (the loop saves it and raises).
     """
-    grad_fn = jax.value_and_grad(_masked_loss, has_aux=True)
-    (loss, (loss_sum, correct, count)), grads = grad_fn(state.params, state.apply_fn, sequence_fn, batch)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (loss_sum, correct, count)), grads = grad_fn(state.params, state.apply_fn, batch)
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.sums["nonfinite"] == 0)
     stepped = state.apply_gradients(grads=grads)
@@ -212,15 +241,18 @@ def train_step(state: TrainState, batch: dict, sequence_fn) -> TrainState:
     return new.replace(sums=sums)
 
 
-def eval_step(params, batch: dict, apply_fn, sequence_fn) -> jax.Array:
+def eval_step(params, batch: dict, apply_fn, loss_fn) -> jax.Array:
     """(loss sum, correct count, example count) over the batch's real examples."""
-    _, (loss_sum, correct, count) = _masked_loss(params, apply_fn, sequence_fn, batch)
+    _, (loss_sum, correct, count) = loss_fn(params, apply_fn, batch)
     return jnp.stack([loss_sum, correct, count])
 
 
-def evaluate(eval_fn, params, split: data_lib.Split, batch_size: int) -> dict:
+def evaluate(eval_fn, params, split: data_lib.Split, batch_size: int, regression: bool = False) -> dict:
+    """Mean test loss (and accuracy, for classification) over the whole split."""
     totals = sum(np.asarray(eval_fn(params, b), np.float64) for b in data_lib.eval_batches(split, batch_size))
     loss_sum, correct, count = totals
+    if regression:
+        return {"test_loss": float(loss_sum / count)}
     return {"test_loss": float(loss_sum / count), "test_accuracy": float(correct / count)}
 
 
@@ -228,10 +260,10 @@ def evaluate(eval_fn, params, split: data_lib.Split, batch_size: int) -> dict:
 
 
 def jitted_steps(config, apply_fn):
-    """jit-compiled (train_step, eval_step) for a config's sequence view."""
-    sequence_fn = data_lib.make_sequence_fn(config.task, config.permutation_seed)
-    train = jax.jit(functools.partial(train_step, sequence_fn=sequence_fn), donate_argnums=0)
-    evaluate_batch = jax.jit(functools.partial(eval_step, apply_fn=apply_fn, sequence_fn=sequence_fn))
+    """jit-compiled (train_step, eval_step) for a config's task."""
+    loss_fn = make_loss_fn(config)
+    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
+    evaluate_batch = jax.jit(functools.partial(eval_step, apply_fn=apply_fn, loss_fn=loss_fn))
     return train, evaluate_batch
 
 
@@ -261,6 +293,7 @@ def train_and_evaluate(config, workdir: str | Path) -> RunResult:
     num_steps = total_steps(config, len(dataset.train))
     spe = data_lib.steps_per_epoch(len(dataset.train), config.batch_size)
     config_dict = config.to_dict()
+    regression = data_lib.is_regression(config)
 
     state = create_state(config)
     shapes = ckpt_lib.param_shapes(state.params)
@@ -321,23 +354,17 @@ def train_and_evaluate(config, workdir: str | Path) -> RunResult:
                 state = train_fn(state, batch)
                 done = step + 1
                 progress.update(1)
-                is_eval = metrics_lib.should_run(done, config.eval_every_steps, num_steps)
+                is_eval = metrics_lib.should_run(done, config.eval_every_steps, num_steps, config.eval_offset)
                 is_ckpt = metrics_lib.should_run(done, config.checkpoint_every_steps, num_steps)
                 if is_eval or is_ckpt or stop.requested or done % config.log_every_steps == 0:
                     check_finite(done)
                 if is_eval:
-                    sums = _host_sums(state)
+                    sums = _host_sums(state)  # waits for the step: the rate excludes evaluation
                     rate = (done - interval_start) / (time.perf_counter() - t_interval)
-                    row = {
-                        "step": done,
-                        "epoch": round(done / spe, 4),
-                        "train_loss": sums["loss"] / sums["count"],
-                        "train_accuracy": sums["correct"] / sums["count"],
-                        **evaluate(eval_fn, state.params, dataset.test, config.eval_batch_size),
-                        "grad_norm": sums["grad_norm"] / sums["steps"],
-                        "steps_per_second": rate,
-                        "elapsed_seconds": elapsed + time.perf_counter() - t_run,
-                    }
+                    row = _row(done, spe, sums, regression)
+                    row.update(evaluate(eval_fn, state.params, dataset.test, config.eval_batch_size, regression))
+                    row["steps_per_second"] = rate
+                    row["elapsed_seconds"] = elapsed + time.perf_counter() - t_run
                     state = state.replace(sums=zero_sums())
                     writer.write(row)
                     last_row = row
@@ -364,10 +391,19 @@ def _progress_bar(config, total: int, initial: int):
     )
 
 
+def _row(step: int, steps_per_epoch: int, sums: dict, regression: bool) -> dict:
+    """The training half of a metrics row, from the sums since the last one."""
+    row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": sums["loss"] / sums["count"]}
+    if not regression:
+        row["train_accuracy"] = sums["correct"] / sums["count"]
+    row["grad_norm"] = sums["grad_norm"] / sums["steps"]
+    return row
+
+
 def _format_row(row: dict) -> str:
+    acc = lambda k: f" acc {row[k]:.4f}" if k in row else ""  # noqa: E731
     return (
-        f"step {row['step']} (epoch {row['epoch']:.2f}): train loss {row['train_loss']:.4f} "
-        f"acc {row['train_accuracy']:.4f} | test loss {row['test_loss']:.4f} "
-        f"acc {row['test_accuracy']:.4f} | grad norm {row['grad_norm']:.3g} | "
-        f"{row['steps_per_second']:.1f} steps/s"
+        f"step {row['step']} (epoch {row['epoch']:.2f}): train loss {row['train_loss']:.4f}"
+        f"{acc('train_accuracy')} | test loss {row['test_loss']:.4f}{acc('test_accuracy')} | "
+        f"grad norm {row['grad_norm']:.3g} | {row['steps_per_second']:.1f} steps/s"
     )

@@ -26,7 +26,9 @@ def test_help_lists_every_field_and_preset():
     assert "CONFIG FIELDS" in out.stdout, out.stderr
     for field in base.base_config():
         assert f"\n  {field} " in out.stdout, field
-    for preset in pixel_mnist.PRESETS:
+    listed = next(line for line in out.stdout.splitlines() if line.startswith("PRESETS ("))
+    assert listed.split(": ", 1)[1].split(", ") == list(pixel_mnist.PRESETS)
+    for preset in ("keras", "keras_900", "keras_default_init"):  # each described in the docstring
         assert f"\n{preset}\n" in out.stdout, preset
 
 

@@ -4,6 +4,7 @@ import time
 import numpy as np
 import pytest
 
+from experiments.configs import pixel_mnist
 from irnn_jax import data
 from tests.conftest import make_images, write_idx_dir
 
@@ -21,9 +22,9 @@ def test_idx_round_trip_plain_and_gz(tmp_path):
 def test_load_idx_dir(tmp_path, gz):
     ds = data.load_idx_dir(write_idx_dir(tmp_path, 30, 10, gz=gz), "mnist")
     images, labels = make_images(30, 1)
-    np.testing.assert_array_equal(ds.train.images, images)
-    np.testing.assert_array_equal(ds.train.labels, labels)
-    assert ds.train.labels.dtype == np.int32 and len(ds.test) == 10
+    np.testing.assert_array_equal(ds.train.inputs, images)
+    np.testing.assert_array_equal(ds.train.targets, labels)
+    assert ds.train.targets.dtype == np.int32 and len(ds.test) == 10
 
 
 def test_missing_file_is_named(tmp_path):
@@ -78,7 +79,7 @@ def test_labels_out_of_range(tmp_path):
 def test_gzip_and_plain_files_are_the_same_dataset(tmp_path):
     a = data.load_idx_dir(write_idx_dir(tmp_path / "a", 8, 4, gz=True), "mnist")
     b = data.load_idx_dir(write_idx_dir(tmp_path / "b", 8, 4, gz=False), "mnist")
-    np.testing.assert_array_equal(a.test.images, b.test.images)
+    np.testing.assert_array_equal(a.test.inputs, b.test.inputs)
     assert (
         gzip.decompress((tmp_path / "a" / "t10k-images-idx3-ubyte.gz").read_bytes())
         == (tmp_path / "b" / "t10k-images-idx3-ubyte").read_bytes()
@@ -94,9 +95,9 @@ def test_tfds_mock_data_source(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "can_reach", lambda *a, **k: True)  # download_and_prepare is mocked
     with tfds.testing.mock_data(num_examples=12):
         ds = data.load_tfds("mnist", str(tmp_path))
-    assert ds.train.images.shape == (12, 28, 28) and ds.train.images.dtype == np.uint8
-    assert ds.test.labels.shape == (12,) and ds.test.labels.dtype == np.int32
-    assert ds.train.labels.min() >= 0 and ds.train.labels.max() <= 9
+    assert ds.train.inputs.shape == (12, 28, 28) and ds.train.inputs.dtype == np.uint8
+    assert ds.test.targets.shape == (12,) and ds.test.targets.dtype == np.int32
+    assert ds.train.targets.min() >= 0 and ds.train.targets.max() <= 9
     assert ds.source.startswith("tfds:")
 
 
@@ -131,22 +132,28 @@ def test_can_reach_is_true_for_a_listening_port():
 # --------------------------------------------------------- sequence views
 
 
+def _cfg(task, permutation_seed=0):
+    c = pixel_mnist.get_config("keras")
+    c.task, c.permutation_seed = task, permutation_seed
+    return c
+
+
 def test_pixel_view_is_row_major_scaled():
     images, _ = make_images(3, 0)
-    x = np.asarray(data.make_sequence_fn("pixel")(images))
+    x = np.asarray(data.make_sequence_fn(_cfg("pixel"))(images))
     assert x.shape == (3, 784, 1) and x.dtype == np.float32
     np.testing.assert_allclose(x, images.reshape(3, 784, 1) / 255.0, rtol=1e-6)
 
 
 def test_row_view():
     images, _ = make_images(2, 0)
-    x = np.asarray(data.make_sequence_fn("row")(images))
+    x = np.asarray(data.make_sequence_fn(_cfg("row"))(images))
     np.testing.assert_allclose(x, images / 255.0, rtol=1e-6)
 
 
 def test_permuted_view_is_one_fixed_permutation():
     images, _ = make_images(2, 0)
-    x = np.asarray(data.make_sequence_fn("permuted", 7)(images))
+    x = np.asarray(data.make_sequence_fn(_cfg("permuted", 7))(images))
     perm = data.pixel_permutation(7)
     assert sorted(perm) == list(range(784)) and not np.array_equal(perm, np.arange(784))
     np.testing.assert_allclose(x[:, :, 0], images.reshape(2, 784)[:, perm] / 255.0, rtol=1e-6)
@@ -190,7 +197,7 @@ def test_batch_at_and_eval_batches():
     images, labels = make_images(10, 0)
     split = data.Split(images, labels.astype(np.int32))
     batch = data.batch_at(split, 0, 4, seed=0, shuffle=False)
-    np.testing.assert_array_equal(batch["images"], images[:4])
+    np.testing.assert_array_equal(batch["inputs"], images[:4])
     batches = list(data.eval_batches(split, 4))
     assert len(batches) == 3 and batches[-1]["mask"].tolist() == [1, 1, 0, 0]
-    np.testing.assert_array_equal(batches[-1]["labels"][:2], labels[8:])
+    np.testing.assert_array_equal(batches[-1]["targets"][:2], labels[8:])

@@ -42,7 +42,7 @@ def test_identity_init_rejects_non_square():
 
 @pytest.mark.parametrize("cell,act", [("irnn", lambda z: np.maximum(z, 0)), ("rnn_tanh", np.tanh)])
 def test_scan_matches_the_recurrence_written_out(cell, act):
-    m = model.SequenceClassifier(num_classes=3, cell=cell, hidden_size=5, recurrent_gain=0.9, input_init_std=0.5)
+    m = model.SequenceClassifier(num_outputs=3, cell=cell, hidden_size=5, recurrent_gain=0.9, input_init_std=0.5)
     x = np.random.default_rng(0).normal(size=(2, 7, 4)).astype(np.float32)
     params = m.init(jax.random.key(1), x)["params"]
     got = np.asarray(m.apply({"params": params}, x))

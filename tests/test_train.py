@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from irnn_jax import data, metrics, train
+from irnn_jax import metrics, train
 from tests.conftest import make_images, tiny_config
 
 
@@ -65,8 +65,8 @@ def test_adam_has_keras_semantics(idx_dir):
 def _batch(n=4, seed=0, mask=None):
     images, labels = make_images(n, seed)
     return {
-        "images": images,
-        "labels": labels.astype(np.int32),
+        "inputs": images,
+        "targets": labels.astype(np.int32),
         "mask": np.ones(n, np.float32) if mask is None else np.asarray(mask, np.float32),
     }
 
@@ -89,7 +89,7 @@ def test_masked_examples_do_not_count(idx_dir):
     full = _batch(4)
     padded = {k: np.concatenate([v[:2], v[:2][::-1]]) for k, v in full.items() if k != "mask"}
     padded["mask"] = np.array([1, 1, 0, 0], np.float32)
-    small = {"images": full["images"][:2], "labels": full["labels"][:2], "mask": np.ones(2, np.float32)}
+    small = {"inputs": full["inputs"][:2], "targets": full["targets"][:2], "mask": np.ones(2, np.float32)}
     a = step_fn(train.create_state(c), padded)
     b = step_fn(train.create_state(c), small)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9), a.params, b.params)
@@ -98,7 +98,7 @@ def test_masked_examples_do_not_count(idx_dir):
 
 def test_non_finite_step_freezes_the_state(idx_dir):
     c = tiny_config(idx_dir, learning_rate=1e-3)
-    step_fn = jax.jit(functools.partial(train.train_step, sequence_fn=data.make_sequence_fn("pixel")))
+    step_fn = jax.jit(functools.partial(train.train_step, loss_fn=train.make_loss_fn(c)))
     state = step_fn(train.create_state(c), _batch())
     assert int(state.sums["nonfinite"]) == 0 and int(state.step) == 1
     nan_params = jax.tree.map(lambda p: p * jnp.nan, state.params)

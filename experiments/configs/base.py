@@ -39,6 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Reporting and checkpoints.
     c.eval_every_steps = 1875  # full test set; also at the last step
+    c.eval_offset = 0  # evaluate at steps offset + k * eval_every_steps
     c.eval_batch_size = 1000
     c.checkpoint_every_steps = 1875  # also at the last step and on SIGTERM/SIGINT
     c.max_checkpoints_to_keep = 3
