@@ -273,7 +273,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return -(-num_examples // batch_size)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=64)  # a sweep asks for one order per run
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     """Order of the training examples in one epoch, a pure function of its arguments."""
     if not shuffle:

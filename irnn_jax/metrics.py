@@ -23,6 +23,14 @@ def should_run(step: int, every: int, last_step: int, offset: int = 0) -> bool:
     return every > 0 and step >= max(offset, 1) and (step - offset) % every == 0
 
 
+def next_due(step: int, every: int, offset: int = 0) -> int:
+    """The first step after `step` at which `should_run` fires for (every, offset)."""
+    first = offset if offset >= 1 else every
+    if step < first:
+        return first
+    return offset + ((step - offset) // every + 1) * every
+
+
 def read_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
@@ -39,6 +47,7 @@ class MetricsWriter:
     """
 
     def __init__(self, workdir: str | Path, resume_step: int = 0, tensorboard: bool = True):
+        Path(workdir).mkdir(parents=True, exist_ok=True)
         self.path = Path(workdir) / "metrics.jsonl"
         kept = [r for r in read_rows(self.path) if r["step"] <= resume_step]
         tmp = self.path.with_suffix(".jsonl.tmp")

@@ -1,31 +1,26 @@
-"""Training: state, optimiser, pure train/eval steps, and the resumable loop.
+"""Training: config checks, state, pure train/eval steps; `train_and_evaluate`.
 
-`train_and_evaluate(config, workdir)` runs one experiment. The loop counts
-optimiser steps, not epochs; the batch for step N is `data.batch_at(N)`; the
-running training-metric sums live in the state, so a run stopped by a signal
-and resumed from its checkpoint ends bit-identical to an uninterrupted one.
+`train_and_evaluate(config, workdir)` runs one experiment (or a sweep); its
+host loop lives in `irnn_jax.loop`. Everything here is pure: the batch for
+step N is `data.batch_at(N)`, and the running training-metric sums live in
+the state, so a run stopped by a signal and resumed from its checkpoint ends
+bit-identical to an uninterrupted one.
 """
 
-import dataclasses
 import functools
 import math
-import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from absl import logging
 from flax.training import train_state
 
-from irnn_jax import checkpoint as ckpt_lib
 from irnn_jax import data as data_lib
-from irnn_jax import metrics as metrics_lib
 from irnn_jax import model as model_lib
+from irnn_jax import optim
 
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+OPTIMIZERS = optim.OPTIMIZERS
 SUM_KEYS = ("loss", "correct", "count", "grad_norm", "steps", "nonfinite")
 
 
@@ -63,7 +58,7 @@ def validate_config(config) -> None:
         "hidden_size",
         "eval_every_steps",
         "checkpoint_every_steps",
-        "log_every_steps",
+        "steps_per_call",
         "max_checkpoints_to_keep",
     ):
         v = c[field]
@@ -99,6 +94,13 @@ def validate_config(config) -> None:
         for field, low in (("sequence_length", 2), ("num_train_examples", 1), ("num_test_examples", 1)):
             v = c.get(field)
             need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}, got {v!r}")
+    if c.sweep:
+        from irnn_jax import sweep
+
+        try:
+            sweep.parse(c.sweep)
+        except sweep.SweepError as e:
+            problems.append(str(e))
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
 
@@ -108,55 +110,6 @@ def total_steps(config, num_train_examples: int) -> int:
     if config.num_train_steps > 0:
         return config.num_train_steps
     return config.num_epochs * data_lib.steps_per_epoch(num_train_examples, config.batch_size)
-
-
-# ---------------------------------------------------------------- optimiser
-
-
-class KerasAdamState(NamedTuple):
-    count: jax.Array
-    mu: Any
-    nu: Any
-
-
-def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> optax.GradientTransformation:
-    """Keras Adam's direction: sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps).
-
-    Differs from optax.adam, which adds eps to the bias-corrected sqrt(v).
-    """
-
-    def init(params):
-        # Two separate trees: the train step donates the state, and a buffer
-        # shared by mu and nu would be donated twice.
-        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
-        return KerasAdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
-
-    def update(grads, state, params=None):
-        del params
-        count = state.count + 1
-        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, grads)
-        nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, grads)
-        t = count.astype(jnp.float32)
-        alpha = jnp.sqrt(1 - b2**t) / (1 - b1**t)
-        updates = jax.tree.map(lambda m, v: alpha * m / (jnp.sqrt(v) + eps), mu, nu)
-        return updates, KerasAdamState(count, mu, nu)
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-    """Global-norm clipping (unless clip_norm is 0), then the Keras-exact optimiser."""
-    lr = config.learning_rate
-    if config.optimizer == "rmsprop":
-        # Keras RMSprop: rho 0.9, eps 1e-7 outside the square root, velocity from 0.
-        opt = optax.rmsprop(lr, decay=0.9, eps=1e-7, initial_scale=0.0, eps_in_sqrt=False)
-    elif config.optimizer == "adam":
-        opt = optax.chain(scale_by_keras_adam(0.9, 0.999, 1e-7), optax.scale(-lr))
-    else:
-        opt = optax.sgd(lr)
-    if config.clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(config.clip_norm), opt)
-    return opt
 
 
 # -------------------------------------------------------------- state, steps
@@ -190,6 +143,11 @@ def create_state(config) -> TrainState:
     steps, width = data_lib.sequence_shape(config)
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, steps, width), jnp.float32))["params"]
     return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config), sums=zero_sums())
+
+
+def make_optimizer(config):
+    """`optim.make_optimizer` for a config's optimizer, learning_rate and clip_norm."""
+    return optim.make_optimizer(config.optimizer, config.learning_rate, config.clip_norm)
 
 
 def make_loss_fn(config):
@@ -247,16 +205,20 @@ def eval_step(params, batch: dict, apply_fn, loss_fn) -> jax.Array:
     return jnp.stack([loss_sum, correct, count])
 
 
-def evaluate(eval_fn, params, split: data_lib.Split, batch_size: int, regression: bool = False) -> dict:
-    """Mean test loss (and accuracy, for classification) over the whole split."""
-    totals = sum(np.asarray(eval_fn(params, b), np.float64) for b in data_lib.eval_batches(split, batch_size))
-    loss_sum, correct, count = totals
-    if regression:
-        return {"test_loss": float(loss_sum / count)}
-    return {"test_loss": float(loss_sum / count), "test_accuracy": float(correct / count)}
+def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn) -> TrainState:
+    """N consecutive train steps in one call, gathering each batch on the device.
 
+    `train_data` holds the whole training split on the device; idx/mask are
+    the rows of `data.batch_indices` for the N steps. Bit-identical to N calls
+    of `train_step` on `data.batch_at` batches (tested).
+    """
 
-# --------------------------------------------------------------------- loop
+    def body(s, idx_mask):
+        idx_B, mask_B = idx_mask
+        batch = {"inputs": train_data["inputs"][idx_B], "targets": train_data["targets"][idx_B], "mask": mask_B}
+        return train_step(s, batch, loss_fn), None
+
+    return jax.lax.scan(body, state, (idx_NxB, mask_NxB))[0]
 
 
 def jitted_steps(config, apply_fn):
@@ -267,143 +229,15 @@ def jitted_steps(config, apply_fn):
     return train, evaluate_batch
 
 
-@dataclasses.dataclass
-class RunResult:
-    state: TrainState
-    step: int  # optimiser steps completed
-    stopped_by_signal: bool
-    last_row: dict | None
+def train_and_evaluate(config, workdir: str | Path):
+    """Trains and evaluates `config` (a single run or a sweep) in `workdir`.
 
-
-def _host_sums(state: TrainState) -> dict:
-    return {k: v.item() for k, v in jax.device_get(state.sums).items()}
-
-
-def train_and_evaluate(config, workdir: str | Path) -> RunResult:
-    """Trains and evaluates `config` in `workdir`, resuming from its latest checkpoint.
-
-    Raises ConfigError (bad config), data.DataError (data missing or corrupt),
+    Resumes from the workdir's latest checkpoint. Raises ConfigError (bad
+    config), data.DataError (data missing or corrupt),
     checkpoint.CheckpointMismatchError (workdir holds another run) and
     DivergenceError (non-finite loss; the last good state is saved first).
+    Returns a `loop.RunResult`.
     """
-    validate_config(config)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset = data_lib.load(config)
-    num_steps = total_steps(config, len(dataset.train))
-    spe = data_lib.steps_per_epoch(len(dataset.train), config.batch_size)
-    config_dict = config.to_dict()
-    regression = data_lib.is_regression(config)
+    from irnn_jax import loop  # the host loop imports this module
 
-    state = create_state(config)
-    shapes = ckpt_lib.param_shapes(state.params)
-    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
-    writer = None
-    try:
-        restored = checkpointer.restore_compatible(jax.eval_shape(lambda: state), config_dict, shapes)
-        start, elapsed = 0, 0.0
-        if restored is not None:
-            start, state, meta = restored
-            elapsed = float(meta.get("elapsed_seconds", 0.0))
-            logging.info("resumed from step %d in %s", start, checkpointer.directory)
-        writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-        logging.info(
-            "%s: %d train / %d test examples from %s; %d steps (%.2f epochs), %d parameters",
-            config.dataset,
-            len(dataset.train),
-            len(dataset.test),
-            dataset.source,
-            num_steps,
-            num_steps / spe,
-            model_lib.count_params(state.params),
-        )
-
-        train_fn, eval_fn = jitted_steps(config, state.apply_fn)
-        last_saved = start if restored is not None else None
-        last_row = None
-
-        def save(step):
-            nonlocal last_saved
-            if last_saved != step:
-                meta = {
-                    "config": config_dict,
-                    "param_shapes": shapes,
-                    "step": step,
-                    "elapsed_seconds": elapsed + time.perf_counter() - t_run,
-                }
-                checkpointer.save(step, state, meta)
-                last_saved = step
-
-        def check_finite(step):
-            if _host_sums(state)["nonfinite"]:
-                good = int(state.step)
-                save(good)
-                checkpointer.wait()
-                raise DivergenceError(
-                    f"the loss or gradient became non-finite at step {good + 1} (of steps "
-                    f"{good + 1}..{step}); the state after step {good} is saved in "
-                    f"{checkpointer.directory}. Lower learning_rate or set clip_norm, in a new workdir."
-                )
-
-        t_run = t_interval = time.perf_counter()
-        interval_start = start
-        progress = _progress_bar(config, num_steps, start)
-        with ckpt_lib.StopOnSignal() as stop:
-            for step in range(start, num_steps):
-                batch = data_lib.batch_at(dataset.train, step, config.batch_size, config.seed, config.shuffle)
-                state = train_fn(state, batch)
-                done = step + 1
-                progress.update(1)
-                is_eval = metrics_lib.should_run(done, config.eval_every_steps, num_steps, config.eval_offset)
-                is_ckpt = metrics_lib.should_run(done, config.checkpoint_every_steps, num_steps)
-                if is_eval or is_ckpt or stop.requested or done % config.log_every_steps == 0:
-                    check_finite(done)
-                if is_eval:
-                    sums = _host_sums(state)  # waits for the step: the rate excludes evaluation
-                    rate = (done - interval_start) / (time.perf_counter() - t_interval)
-                    row = _row(done, spe, sums, regression)
-                    row.update(evaluate(eval_fn, state.params, dataset.test, config.eval_batch_size, regression))
-                    row["steps_per_second"] = rate
-                    row["elapsed_seconds"] = elapsed + time.perf_counter() - t_run
-                    state = state.replace(sums=zero_sums())
-                    writer.write(row)
-                    last_row = row
-                    progress.write(_format_row(row))
-                    t_interval, interval_start = time.perf_counter(), done
-                if is_ckpt or stop.requested:
-                    save(done)
-                if stop.requested:
-                    logging.warning("signal %d: saved step %d, stopping", stop.received, done)
-                    break
-        progress.close()
-        return RunResult(state, done if num_steps > start else start, stop.requested, last_row)
-    finally:
-        checkpointer.close()  # waits for the last async save, on every exit path
-        if writer is not None:
-            writer.close()
-
-
-def _progress_bar(config, total: int, initial: int):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, initial=initial, unit="step", disable=not config.progress_bar, dynamic_ncols=True, mininterval=1.0
-    )
-
-
-def _row(step: int, steps_per_epoch: int, sums: dict, regression: bool) -> dict:
-    """The training half of a metrics row, from the sums since the last one."""
-    row = {"step": step, "epoch": round(step / steps_per_epoch, 4), "train_loss": sums["loss"] / sums["count"]}
-    if not regression:
-        row["train_accuracy"] = sums["correct"] / sums["count"]
-    row["grad_norm"] = sums["grad_norm"] / sums["steps"]
-    return row
-
-
-def _format_row(row: dict) -> str:
-    acc = lambda k: f" acc {row[k]:.4f}" if k in row else ""  # noqa: E731
-    return (
-        f"step {row['step']} (epoch {row['epoch']:.2f}): train loss {row['train_loss']:.4f}"
-        f"{acc('train_accuracy')} | test loss {row['test_loss']:.4f}{acc('test_accuracy')} | "
-        f"grad norm {row['grad_norm']:.3g} | {row['steps_per_second']:.1f} steps/s"
-    )
+    return loop.run(config, Path(workdir))

@@ -42,7 +42,7 @@ def tiny_config(data_dir, preset="keras", **overrides):
     c.num_train_steps = 12
     c.eval_every_steps = 5
     c.checkpoint_every_steps = 4
-    c.log_every_steps = 2
+    c.steps_per_call = 3
     c.progress_bar = False
     for k, v in overrides.items():
         c[k] = v

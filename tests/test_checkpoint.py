@@ -19,20 +19,21 @@ def _assert_same_rows(a, b):
 
 
 def test_signal_then_resume_is_bit_identical_to_straight(idx_dir, tmp_path, monkeypatch):
-    # Eval at 5, 10, ...; SIGTERM arrives while step 7 runs: the resumed run
-    # must carry the training-metric sums of steps 6..7 through the checkpoint.
+    # Eval at 5, 10, ...; SIGTERM arrives at step 6: the resumed run must carry
+    # the training-metric sums of steps 6..8 through the checkpoint.
     straight = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "a")
-    batch_at = train.data_lib.batch_at
+    batch_indices = train.data_lib.batch_indices
 
-    def batch_at_then_signal(split, step, *args):
-        if step == 6:
+    def batch_indices_then_signal(step, *args):
+        if step == 6:  # while the host prepares the chunk that holds step 6
             os.kill(os.getpid(), signal.SIGTERM)
-        return batch_at(split, step, *args)
+        return batch_indices(step, *args)
 
-    monkeypatch.setattr(train.data_lib, "batch_at", batch_at_then_signal)
+    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices_then_signal)
     first = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "b")
-    assert first.stopped_by_signal and first.step == 7
-    monkeypatch.setattr(train.data_lib, "batch_at", batch_at)
+    # The chunk after step 6 ends at the checkpoint step 8 (steps_per_call 3, checkpoints every 4).
+    assert first.stopped_by_signal and first.step == 8
+    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices)
     resumed = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "b")
     assert resumed.step == 30 and not resumed.stopped_by_signal
     jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)

@@ -22,7 +22,7 @@ FLAGS = [
     f"--config.num_train_steps={STEPS}",
     "--config.eval_every_steps=200",
     "--config.checkpoint_every_steps=500",
-    "--config.log_every_steps=50",
+    "--config.steps_per_call=7",
     "--config.progress_bar=False",
     "--config.learning_rate=1e-4",
 ]

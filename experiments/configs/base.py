@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
     c.head_sizes = ()  # dense layers between the last state and the logits
     c.head_activation = "sigmoid"
+    c.recurrence = "scan"  # implementation of the recurrence; same results to float32 tolerance
 
     # Optimiser.
     c.optimizer = "rmsprop"  # rmsprop | adam | sgd, with Keras constants
@@ -37,12 +38,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.num_train_steps = 0  # when > 0, caps the run at this many optimiser steps
     c.seed = 0  # initial parameters and the per-epoch data order
 
+    # Sweeps: train every combination together, e.g. "learning_rate=1e-6,1e-5 seed=0,1".
+    c.sweep = ""  # fields: seed, learning_rate, clip_norm, recurrent_gain, input_init_std
+
     # Reporting and checkpoints.
     c.eval_every_steps = 1875  # full test set; also at the last step
     c.eval_offset = 0  # evaluate at steps offset + k * eval_every_steps
     c.eval_batch_size = 1000
     c.checkpoint_every_steps = 1875  # also at the last step and on SIGTERM/SIGINT
     c.max_checkpoints_to_keep = 3
-    c.log_every_steps = 100  # how often the host checks for a non-finite loss
+    c.steps_per_call = 25  # optimiser steps per jitted call; the host checks the loss between calls
     c.progress_bar = True
     return c

@@ -85,7 +85,6 @@ def get_config(preset: str = "keras"):
         c.num_epochs = 10
         c.eval_every_steps = 59  # one epoch: ceil(60000 / 1024)
         c.checkpoint_every_steps = 59
-        c.log_every_steps = 10
     elif preset.startswith("paper_") and preset.removeprefix("paper_").removesuffix("_permuted") in PAPER_CELLS:
         c.cell = preset.removeprefix("paper_").removesuffix("_permuted")
         c.task = "permuted" if preset.endswith("_permuted") else "pixel"

@@ -1,0 +1,90 @@
+"""Optimisers with Keras' constants, behind global-norm clipping.
+
+The learning rate and the clipping norm are injected hyperparameters: they
+live in the optimiser state, not in the (static) transformation, so runs of a
+sweep share one transformation and `jax.vmap` gives each its own values.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+
+
+class KerasAdamState(NamedTuple):
+    count: jax.Array
+    mu: Any
+    nu: Any
+
+
+def scale_by_keras_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-7) -> optax.GradientTransformation:
+    """Keras Adam's direction: sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps).
+
+    Differs from optax.adam, which adds eps to the bias-corrected sqrt(v).
+    """
+
+    def init(params):
+        # Two separate trees: the train step donates the state, and a buffer
+        # shared by mu and nu would be donated twice.
+        zeros = lambda: jax.tree.map(jnp.zeros_like, params)  # noqa: E731
+        return KerasAdamState(jnp.zeros((), jnp.int32), zeros(), zeros())
+
+    def update(grads, state, params=None):
+        del params
+        count = state.count + 1
+        mu = jax.tree.map(lambda m, g: m + (g - m) * (1 - b1), state.mu, grads)
+        nu = jax.tree.map(lambda v, g: v + (g * g - v) * (1 - b2), state.nu, grads)
+        t = count.astype(jnp.float32)
+        alpha = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+        updates = jax.tree.map(lambda m, v: alpha * m / (jnp.sqrt(v) + eps), mu, nu)
+        return updates, KerasAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
+    """Scales the gradient to global norm `max_norm` when larger; 0 turns it off.
+
+    `max_norm` may be a traced value (an injected hyperparameter), so "off" is
+    a select rather than a Python branch.
+    """
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.tree.norm(updates)
+        scale = jnp.where((max_norm > 0) & (norm > max_norm), max_norm / norm, 1.0)
+        return jax.tree.map(lambda u: u * scale.astype(u.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def _factory(name: str):
+    def make(learning_rate, clip_norm):
+        if name == "rmsprop":
+            # Keras RMSprop: rho 0.9, eps 1e-7 outside the square root, velocity from 0.
+            opt = optax.rmsprop(learning_rate, decay=0.9, eps=1e-7, initial_scale=0.0, eps_in_sqrt=False)
+        elif name == "adam":
+            opt = optax.chain(scale_by_keras_adam(0.9, 0.999, 1e-7), optax.scale_by_learning_rate(learning_rate))
+        elif name == "sgd":
+            opt = optax.sgd(learning_rate)
+        else:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+        return optax.chain(clip_by_global_norm(clip_norm), opt)
+
+    return make
+
+
+def make_optimizer(name: str, learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
+    """Global-norm clipping (off when clip_norm is 0), then the Keras-exact optimiser."""
+    return optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
+
+
+def with_hyperparams(opt_state, learning_rate: float, clip_norm: float):
+    """The same optimiser state with other injected values (for sweep runs)."""
+    hp = dict(opt_state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(learning_rate, hp["learning_rate"].dtype)
+    hp["clip_norm"] = jnp.asarray(clip_norm, hp["clip_norm"].dtype)
+    return opt_state._replace(hyperparams=hp)

@@ -1,0 +1,23 @@
+"""Runs a tiny experiment in a fresh process; tests/test_parallel.py starts it with
+XLA_FLAGS=--xla_force_host_platform_device_count=N to get N CPU devices."""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from irnn_jax import train
+from tests.conftest import tiny_config
+
+
+def main(workdir: str, data_dir: str, overrides: str) -> None:
+    config = tiny_config(data_dir, **json.loads(overrides))
+    result = train.train_and_evaluate(config, workdir)
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(result.state.params))[0]
+    np.savez(f"{workdir}/params.npz", **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})
+    print(json.dumps({"devices": jax.device_count(), "step": result.step}))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

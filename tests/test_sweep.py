@@ -1,0 +1,86 @@
+"""Sweeps: many runs in one jitted step, each equal to the same config run alone."""
+
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from irnn_jax import metrics, sweep, train
+from tests.conftest import tiny_config
+
+SPEC = "seed=0,1 learning_rate=1e-4,1e-3 clip_norm=1,0"
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in rows]
+
+
+def test_parse_and_expand(idx_dir):
+    assert sweep.parse("seed=0,1 learning_rate=1e-6,1e-5") == {"seed": [0, 1], "learning_rate": [1e-6, 1e-5]}
+    runs = sweep.expand(tiny_config(idx_dir, sweep="recurrent_gain=1,0.5 seed=3,4"))
+    assert [n for n, _ in runs] == [
+        "000_recurrent_gain=1_seed=3", "001_recurrent_gain=1_seed=4",
+        "002_recurrent_gain=0.5_seed=3", "003_recurrent_gain=0.5_seed=4",
+    ]  # fmt: skip
+    assert [(c.recurrent_gain, c.seed, c.sweep) for _, c in runs][2] == (0.5, 3, "")
+
+
+@pytest.mark.parametrize(
+    "spec,message",
+    [("hidden_size=4,8", "not sweepable"), ("seed", "not FIELD="), ("seed=a", "seed"), ("seed=1 seed=2", "twice")],
+)
+def test_bad_specs_are_refused(idx_dir, spec, message, tmp_path):
+    with pytest.raises(train.ConfigError, match=message):
+        train.train_and_evaluate(tiny_config(idx_dir, sweep=spec), tmp_path)
+
+
+def test_each_run_of_a_sweep_equals_the_run_alone(idx_dir, tmp_path):
+    # Bit-identical on CPU (vmap of the same step); recurrent_gain too, through the initial values.
+    config = tiny_config(idx_dir, num_train_steps=9, sweep=SPEC + " recurrent_gain=1,0.8")
+    result = train.train_and_evaluate(config, tmp_path / "sweep")
+    runs = sweep.expand(config)
+    assert result.run_names == [n for n, _ in runs] and len(runs) == 16
+    for k in (0, 5, 10, 15):
+        name, run_config = runs[k]
+        alone = train.train_and_evaluate(run_config, tmp_path / f"alone{k}")
+        jax.tree.map(np.testing.assert_array_equal, sweep.unstack(result.state.params, k), alone.state.params)
+        swept_rows = metrics.read_rows(tmp_path / "sweep" / "runs" / name / "metrics.jsonl")
+        assert _strip(swept_rows) == _strip(metrics.read_rows(tmp_path / f"alone{k}" / "metrics.jsonl"))
+    lrs = np.asarray(result.state.opt_state.hyperparams["learning_rate"])
+    np.testing.assert_allclose(lrs, [c.learning_rate for _, c in runs])
+
+
+def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path, monkeypatch):
+    config = tiny_config(idx_dir, num_train_steps=14, sweep="seed=0,1,2")
+    straight = train.train_and_evaluate(config, tmp_path / "a")
+    batch_indices = train.data_lib.batch_indices
+
+    def signal_at_step_7(step, *args):
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return batch_indices(step, *args)
+
+    monkeypatch.setattr(train.data_lib, "batch_indices", signal_at_step_7)
+    first = train.train_and_evaluate(config, tmp_path / "b")
+    assert first.stopped_by_signal and first.step < 14
+    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices)
+    resumed = train.train_and_evaluate(config, tmp_path / "b")
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
+    assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit()]
+    for name in straight.run_names:
+        a = metrics.read_rows(tmp_path / "a" / "runs" / name / "metrics.jsonl")
+        assert _strip(a) == _strip(metrics.read_rows(tmp_path / "b" / "runs" / name / "metrics.jsonl"))
+
+
+def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
+    config = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, num_train_steps=15, sweep="learning_rate=1e-4,1e6")
+    result = train.train_and_evaluate(config, tmp_path)
+    good, bad = result.run_names
+    good_rows = metrics.read_rows(tmp_path / "runs" / good / "metrics.jsonl")
+    bad_rows = metrics.read_rows(tmp_path / "runs" / bad / "metrics.jsonl")
+    assert not any(r.get("diverged") for r in good_rows) and good_rows[-1]["step"] == 15
+    assert bad_rows[-1]["diverged"] is True
+    steps = np.asarray(result.state.step)
+    assert steps[0] == 15 and steps[1] < 15  # the frozen run's step counter stopped
