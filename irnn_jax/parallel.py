@@ -28,6 +28,9 @@ def maybe_initialize_distributed() -> None:
     slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ
     if not (explicit or slurm):
         return
+    # CPU processes need a collectives backend to talk to each other; GPUs and
+    # TPUs ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if explicit:
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],

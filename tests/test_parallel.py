@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from irnn_jax import train
+from irnn_jax import metrics, train
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,3 +80,31 @@ def test_checkpoint_restores_on_another_device_count(idx_dir, tmp_path, first, s
     else:
         resumed = _run_on(second, work, idx_dir, num_train_steps=12, sweep="seed=0,1,2,3")
     _assert_close(straight, resumed)  # device counts differ: float32 tolerance
+
+
+def test_two_processes_on_localhost(idx_dir, tmp_path):
+    """Multi-host: two processes joined by jax.distributed (CPU, gloo), the sweep's
+    runs sharded across them; only process 0 writes metrics."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    work = tmp_path / "two"
+    cmd = [sys.executable, "-m", "tests.multidevice_run", str(work), str(idx_dir), json.dumps(SWEEP)]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(
+            os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
+        for i in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        info = json.loads(out.strip().splitlines()[-1])
+        assert (info["processes"], info["devices"], info["step"]) == (2, 2, 8)
+    params = np.load(work / "params.npz")
+    one = _params_here(train.train_and_evaluate(tiny_config(idx_dir, **SWEEP), tmp_path / "one"))
+    _assert_close({k: params[k] for k in params.files}, one)
+    rows = [r["step"] for r in metrics.read_rows(work / "runs" / "000_seed=0" / "metrics.jsonl")]
+    assert rows == [5, 8]  # written once, by process 0
