@@ -110,6 +110,28 @@ class LSTMCell(nn.Module):
         return carry[1]
 
 
+class SimpleRNNParams(nn.Module):
+    """The parameters of a `SimpleRNNCell`, for recurrences computed outside `nn.scan`.
+
+    Same names, shapes and initialisers (and so the same initial values) as
+    the scanned cell, so checkpoints do not depend on the recurrence.
+    """
+
+    features: int
+    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    kernel_init: Initializer = glorot_uniform
+    recurrent_init: Initializer = orthogonal
+    bias_init: Initializer = zeros
+
+    @nn.compact
+    def __call__(self, input_width: int) -> dict:
+        return {
+            "kernel": self.param("kernel", self.kernel_init, (input_width, self.features)),
+            "recurrent_kernel": self.param("recurrent_kernel", self.recurrent_init, (self.features, self.features)),
+            "bias": self.param("bias", self.bias_init, (self.features,)),
+        }
+
+
 def make_cell(cell: str, hidden_size: int, recurrent_gain: float, input_init_std: float, name: str):
     """Returns (cell class, constructor kwargs) for one of `CELLS`."""
     if cell == "irnn":
@@ -141,19 +163,24 @@ class SequenceClassifier(nn.Module):
     input_init_std: float = 0.001
     head_sizes: Sequence[int] = ()
     head_activation: str = "sigmoid"
+    recurrence: str = "scan"  # "scan" (nn.scan, the reference) or an irnn_jax.recurrence option
 
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
         cell_cls, kwargs = make_cell(self.cell, self.hidden_size, self.recurrent_gain, self.input_init_std, name="rnn")
-        scan = nn.scan(
-            cell_cls,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=1,
-        )
-        carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
-        carry, _ = scan(**kwargs)(carry, x_BxTxC)
-        y = cell_cls.output(carry)
+        if self.recurrence == "scan":
+            scan = nn.scan(cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1)
+            carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
+            carry, _ = scan(**kwargs)(carry, x_BxTxC)
+            y = cell_cls.output(carry)
+        elif cell_cls is SimpleRNNCell:
+            from irnn_jax import recurrence  # only the fast paths need it
+
+            params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
+            activation = "relu" if kwargs.get("activation", nn.relu) is nn.relu else "tanh"
+            y = recurrence.final_state(self.recurrence, params, x_BxTxC, activation)
+        else:
+            raise ValueError(f"recurrence {self.recurrence!r} supports the simple RNN cells, not {self.cell!r}")
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)

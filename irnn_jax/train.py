@@ -47,6 +47,9 @@ def validate_config(config) -> None:
     need(c.dataset in data_lib.DATASETS, f"dataset must be one of {data_lib.DATASETS}, got {c.dataset!r}")
     need(c.task in data_lib.TASKS, f"task must be one of {data_lib.TASKS}, got {c.task!r}")
     need(c.cell in model_lib.CELLS, f"cell must be one of {model_lib.CELLS}, got {c.cell!r}")
+    recurrences = ("scan", "fused", "pallas")
+    need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
+    need(c.recurrence == "scan" or c.cell != "lstm", f"recurrence {c.recurrence!r} needs a simple RNN cell, not lstm")
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(
         c.head_activation in model_lib.HEAD_ACTIVATIONS,
@@ -134,6 +137,7 @@ def build_model(config) -> model_lib.SequenceClassifier:
         input_init_std=config.input_init_std,
         head_sizes=tuple(config.head_sizes),
         head_activation=config.head_activation,
+        recurrence=config.recurrence,
     )
 
 

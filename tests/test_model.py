@@ -52,3 +52,36 @@ def test_scan_matches_the_recurrence_written_out(cell, act):
         h = act(x[:, t] @ p["rnn"]["kernel"] + h @ p["rnn"]["recurrent_kernel"] + p["rnn"]["bias"])
     want = h @ p["logits"]["kernel"] + p["logits"]["bias"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "recurrence,cell,steps",
+    [("fused", "irnn", 784), ("fused", "rnn_tanh", 28), ("pallas", "irnn", 30), ("pallas", "rnn_relu", 30)],
+)
+def test_every_recurrence_gives_the_reference_loss_and_gradients(recurrence, cell, steps):
+    """Same parameters (names, initial values), same loss and gradients to float32 tolerance."""
+    x = np.random.default_rng(0).uniform(size=(4, steps, 1)).astype(np.float32)
+    labels = np.array([0, 3, 1, 2])
+
+    def loss_and_grads(rec):
+        m = model.SequenceClassifier(num_outputs=4, cell=cell, hidden_size=8, recurrence=rec, input_init_std=0.5)
+        params = m.init(jax.random.key(0), x)["params"]
+
+        def loss(p):
+            logits = m.apply({"params": p}, x)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+        return params, *jax.value_and_grad(loss)(params)
+
+    p_ref, loss_ref, g_ref = loss_and_grads("scan")
+    p, loss, g = loss_and_grads(recurrence)
+    jax.tree.map(np.testing.assert_array_equal, p, p_ref)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), g, g_ref)
+    assert float(jnp.abs(g["rnn"]["recurrent_kernel"]).max()) > 0  # the gradient reaches the recurrence
+
+
+def test_fast_recurrences_refuse_the_lstm():
+    m = model.SequenceClassifier(num_outputs=2, cell="lstm", hidden_size=4, recurrence="fused")
+    with pytest.raises(ValueError, match="supports the simple RNN cells"):
+        m.init(jax.random.key(0), jnp.zeros((1, 3, 1)))

@@ -1,0 +1,142 @@
+"""CPU time of one forward+backward pass of the pixel-MNIST IRNN, per `recurrence.final_state` option.
+
+    python -m benchmarks.recurrence_cpu              # the table: scan, and fused per unroll
+    python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 32 and 256
+
+The step is value_and_grad of softmax cross-entropy of a Dense(10) head on h_T (hidden 100, T = 784,
+C = 1), w.r.t. all parameters, jitted; reported is the median of `--reps` timed calls after two
+warm-up calls. "pallas" is left out: on CPU it runs in interpret mode, which is not meant to be fast.
+
+Measured (jax 0.10.2, 2-core AMD EPYC VM shared with other jobs: +-10% at best), ms per step:
+batch 32: scan 33.7, fused 35.8 (unroll 1) to 37.2 (unroll 16); batch 256: scan 317, fused 405;
+batch 1024: scan 1263, fused 1669. On this CPU "fused" does not beat autodiff of the scan: both do
+the same matmul FLOPs, which bound batch 32 (a loop step costs 0.3 us, its matmul 9.5 us), and
+fused keeps three fresh (T, B, H) arrays instead of about 1.25, whose page faults dominate from
+batch 256 (a new 80 MB array costs 56 ms to write, 9 ms to read).
+"""
+
+import argparse
+import functools
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from irnn_jax import recurrence
+
+T, C, H, K = 784, 1, 100, 10
+
+
+def time_ms(calls: dict, reps: int) -> dict:
+    """{name: (median, min) wall ms} of each zero-argument call, after compiling and two warm-up calls.
+
+    Calls are interleaved round-robin, so that load from other jobs on a shared machine hits every
+    option alike."""
+    for call in calls.values():
+        for _ in range(3):
+            jax.block_until_ready(call())
+    times = {name: [] for name in calls}
+    for _ in range(reps):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            jax.block_until_ready(call())
+            times[name].append(1e3 * (time.perf_counter() - start))
+    return {name: (statistics.median(t), min(t)) for name, t in times.items()}
+
+
+def make_inputs(batch: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    params = {
+        "rnn": {
+            "kernel": rng.normal(0, 0.001, (C, H)).astype(np.float32),
+            "recurrent_kernel": np.eye(H, dtype=np.float32),
+            "bias": np.zeros(H, np.float32),
+        },
+        "head": {"kernel": rng.normal(0, 0.1, (H, K)).astype(np.float32), "bias": np.zeros(K, np.float32)},
+    }
+    x_BxTxC = rng.uniform(0, 1, (batch, T, C)).astype(np.float32)
+    labels_B = rng.integers(0, K, batch)
+    return jax.device_put((params, x_BxTxC, labels_B))
+
+
+def train_grad_fn(recurrence_name: str, unroll: int):
+    def loss(params, x_BxTxC, labels_B):
+        h_BxH = recurrence.final_state(recurrence_name, params["rnn"], x_BxTxC, "relu", unroll=unroll)
+        logits_BxK = h_BxH @ params["head"]["kernel"] + params["head"]["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B).mean()
+
+    return jax.jit(jax.value_and_grad(loss))
+
+
+def train_step(recurrence_name: str, unroll: int, batch: int):
+    grad_fn, args = train_grad_fn(recurrence_name, unroll), make_inputs(batch)
+    return lambda: grad_fn(*args)
+
+
+def table(batch_sizes, unrolls, reps: int) -> None:
+    print(f"{'batch':>6} {'option':>16} {'median ms':>10} {'min ms':>8} {'samples/s':>10}")
+    for batch in batch_sizes:
+        calls = {"scan": train_step("scan", 1, batch)}
+        calls |= {f"fused unroll={u}": train_step("fused", u, batch) for u in unrolls}
+        for name, (median, fastest) in time_ms(calls, reps).items():
+            print(f"{batch:>6} {name:>16} {median:>10.1f} {fastest:>8.1f} {1e3 * batch / median:>10.0f}", flush=True)
+
+
+def profile(batch: int, unroll: int, reps: int) -> None:
+    """Splits fused's step into its parts and compares them with bare loops and matmuls of the same shapes."""
+    rng = np.random.default_rng(0)
+    zx_TxBxH = jnp.asarray(rng.normal(0, 0.1, (T, batch, H)), jnp.float32)
+    w_HxH = jnp.asarray(np.eye(H) + rng.normal(0, 0.01, (H, H)), jnp.float32)
+    fwd = jax.jit(functools.partial(recurrence._xla_forward, activation="relu", unroll=unroll, keep_states=True))
+    last = jax.jit(functools.partial(recurrence._xla_forward, activation="relu", unroll=unroll, keep_states=False))
+    bwd = jax.jit(functools.partial(recurrence._xla_backward, activation="relu", unroll=unroll))
+    h_prev_TxBxH, h_last_BxH = fwd(zx_TxBxH, w_HxH)
+    n = T * batch
+
+    def matmul_loop(u):
+        # T dependent (B, H) @ (H, H) matmuls and nothing else: the floor of one loop.
+        f = jax.jit(lambda h, w: jax.lax.scan(lambda h, _: (h @ w, None), h, None, length=T, unroll=u)[0])
+        return lambda: f(h_last_BxH, w_HxH)
+
+    empty = jax.jit(lambda h: jax.lax.scan(lambda h, _: (h + 1.0, None), h, None, length=T)[0])
+    d_w_rec = jax.jit(lambda a, b: a.reshape(n, H).T @ b.reshape(n, H))
+    big = jax.jit(lambda a, w: a.reshape(n, H) @ w)
+    double, total = jax.jit(lambda a: 2 * a), jax.jit(jnp.sum)
+    calls = {
+        "fused step (value_and_grad)": train_step("fused", unroll, batch),
+        "scan step (value_and_grad)": train_step("scan", 1, batch),
+        "fused forward loop, states kept": lambda: fwd(zx_TxBxH, w_HxH),
+        "fused forward loop, final state only": lambda: last(zx_TxBxH, w_HxH),
+        "fused backward loop (dz)": lambda: bwd(h_prev_TxBxH, h_last_BxH, h_last_BxH, w_HxH),
+        "dW_rec: one (H, T*B) @ (T*B, H) matmul": lambda: d_w_rec(h_prev_TxBxH, zx_TxBxH),
+        "T dependent (B,H)@(H,H) in a scan, unroll=1": matmul_loop(1),
+        "T dependent (B,H)@(H,H) in a scan, unroll=8": matmul_loop(8),
+        "T-step scan of h + 1, no matmul": lambda: empty(h_last_BxH),
+        "T independent: one (T*B, H) @ (H, H)": lambda: big(zx_TxBxH, w_HxH),
+        "write a new (T, B, H) array: 2 * a": lambda: double(zx_TxBxH),
+        "read a (T, B, H) array: sum(a)": lambda: total(zx_TxBxH),
+    }
+    print(f"\nprofile at batch {batch}, {T} steps, hidden {H}: median (min) ms, median per step")
+    for name, (median, fastest) in time_ms(calls, reps).items():
+        print(f"  {name:<46} {median:8.2f} ({fastest:7.2f})  {1e3 * median / T:7.1f} us/step", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_sizes", default="32,256,1024")
+    parser.add_argument("--unrolls", default="1,2,4,8,16")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
+    table([int(b) for b in args.batch_sizes.split(",")], [int(u) for u in args.unrolls.split(",")], args.reps)
+    if args.profile:
+        profile(32, recurrence.DEFAULT_UNROLL, args.reps)
+        profile(256, recurrence.DEFAULT_UNROLL, args.reps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Time per training step of a sweep of R runs against one run (pixel-MNIST IRNN).
+
+    python -m benchmarks.sweep_scaling [--runs=1,8,32] [--batch_size=32] [--steps=10]
+
+Times the same jitted chunk of `steps_per_call` steps the training loop runs
+(`irnn_jax.loop`), vmapped over R runs that differ in seed and learning rate,
+on random pixels, after one warm-up call; median of --repeats calls.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from experiments.configs import pixel_mnist
+from irnn_jax import loop, parallel, sweep, train
+
+_RUNS = flags.DEFINE_list("runs", ["1", "8", "32"], "sweep sizes to time")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "batch per run")
+_STEPS = flags.DEFINE_integer("steps", 10, "optimiser steps per timed call")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls; the median is reported")
+
+
+def time_sweep(num_runs: int, batch_size: int, steps: int, repeats: int) -> float:
+    """Median seconds per optimiser step (all runs together)."""
+    c = pixel_mnist.get_config("keras")
+    c.batch_size = batch_size
+    if num_runs > 1:
+        c.sweep = "seed=" + ",".join(str(s) for s in range(num_runs))
+    runs = sweep.expand(c) if num_runs > 1 else [("", c)]
+    stacked = num_runs > 1
+    state = sweep.create_state([rc for _, rc in runs], train.create_state) if stacked else train.create_state(c)
+    mesh = parallel.make_mesh()
+    state = parallel.put_state(state, mesh, stacked)
+    rng = np.random.default_rng(0)
+    data = parallel.put_replicated(
+        {"inputs": rng.integers(0, 256, (1000, 28, 28), np.uint8), "targets": rng.integers(0, 10, 1000, np.int32)}, mesh
+    )
+    chunk, _, _ = loop._compile(c, state.apply_fn, stacked)
+    shape = (steps, num_runs, batch_size) if stacked else (steps, batch_size)
+    idx, mask = rng.integers(0, 1000, shape).astype(np.int32), np.ones(shape, np.float32)
+    state = jax.block_until_ready(chunk(state, data, idx, mask))  # compile
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        state = jax.block_until_ready(chunk(state, data, idx, mask))
+        times.append((time.perf_counter() - t) / steps)
+    return float(np.median(times))
+
+
+def main(argv):
+    del argv
+    print(f"pixel-MNIST IRNN (hidden 100, 784 steps), batch {_BATCH.value} per run, {jax.devices()[0].device_kind}")
+    print("| runs | ms per step (all runs) | ms per run-step | speed-up over separate runs |")
+    print("|---|---|---|---|")
+    base = None
+    for r in (int(x) for x in _RUNS.value):
+        t = time_sweep(r, _BATCH.value, _STEPS.value, _REPEATS.value)
+        if r == 1:
+            base = t
+        speedup = f"{r * base / t:.2f}x" if base else ""
+        print(f"| {r} | {1000 * t:.1f} | {1000 * t / r:.2f} | {speedup} |", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

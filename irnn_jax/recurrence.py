@@ -1,0 +1,165 @@
+"""Final state of a simple RNN, h_t = act(x_t W_in + h_{t-1} W_rec + b), h_0 = 0, three ways.
+
+`final_state(recurrence, params, x_BxTxC, activation)` returns h_T, the only state the
+classifier reads; `params` holds `kernel` (C,H), `recurrent_kernel` (H,H), `bias` (H,) as in
+`model.SimpleRNNCell`.
+
+* "scan": `lax.scan` of the cell as written; the reference, same semantics as the model's
+  `nn.scan`; its gradient is whatever JAX's autodiff of the scan produces.
+* "fused": a `custom_vjp` that takes the work that is not sequential out of the loops: the input
+  projection is one (T*B, C) @ (C, H) matmul before the forward loop (bias added there); the
+  forward loop carries h and saves h_0..h_{T-1} (time-major, nothing else); the backward loop
+  carries dh (and h_t, to read act'(z_t) off it) and emits dz_t = dh_t * act'(z_t); dW_rec, dW_in,
+  db and dx are then single large matmuls/sums over all T*B rows. On the 2-core CPU it is ~6%
+  slower than "scan" at batch 32 and ~25% slower at 256 to 1024 (same FLOPs, more (T, B, H)
+  buffers; `benchmarks/recurrence_cpu.py`): it is meant for accelerators, "scan" stays the CPU choice.
+* "pallas": the same custom_vjp with both loops as Pallas kernels (`irnn_jax/pallas_rnn.py`) that
+  keep W_rec on chip for all T steps ("persistent RNN"). Interpret mode on CPU.
+
+Only h_T is an output, so the cotangent enters the backward loop at step T alone; the custom
+rules do not support a loss on intermediate states (use "scan" for that).
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from irnn_jax import pallas_rnn
+
+RECURRENCES = ("scan", "fused", "pallas")
+ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
+
+# lax.scan unroll of the fused loops. On a 2-core CPU (benchmarks/recurrence_cpu.py, hidden 100,
+# batch 32 to 1024) unrolls 1 to 16 ran within noise of each other: an empty loop step costs 0.3 us
+# against >= 9 us for the step's matmul, so unrolling can save at most ~3%, and it adds compile time.
+DEFAULT_UNROLL = 1
+
+
+def act_grad_from_state(activation: str, h: jax.Array) -> jax.Array:
+    """act'(z) written in terms of h = act(z), so the forward pass only has to keep the states."""
+    if activation == "relu":
+        # jax.nn.relu's derivative is 0 at z = 0, and h > 0 exactly when z > 0.
+        return (h > 0).astype(h.dtype)
+    if activation == "tanh":
+        return 1.0 - h * h
+    raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
+
+
+def _check(recurrence: str, activation: str) -> None:
+    if recurrence not in RECURRENCES:
+        raise ValueError(f"unknown recurrence {recurrence!r}; choose one of {RECURRENCES}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; choose one of {tuple(ACTIVATIONS)}")
+
+
+def scan_final_state(params: dict, x_BxTxC: jax.Array, activation: str) -> jax.Array:
+    """The reference: `lax.scan` of the cell over time, differentiated by JAX."""
+    act = ACTIVATIONS[activation]
+    w_in_CxH, w_rec_HxH, b_H = params["kernel"], params["recurrent_kernel"], params["bias"]
+
+    def step(h_BxH, x_BxC):
+        return act(x_BxC @ w_in_CxH + h_BxH @ w_rec_HxH + b_H), None
+
+    h0_BxH = jnp.zeros((x_BxTxC.shape[0], w_rec_HxH.shape[0]), w_rec_HxH.dtype)
+    h_BxH, _ = jax.lax.scan(step, h0_BxH, jnp.swapaxes(x_BxTxC, 0, 1))
+    return h_BxH
+
+
+# The two sequential loops of the custom_vjp. Everything else (input projection, weight and input
+# gradients) is shared by "fused" and "pallas". The forward saves the state each step starts from,
+# h_0..h_{T-1}: exactly the left factor of dW_rec, so the weight gradient needs no shifted slice
+# (a copy of a (T, B, H) array); the backward carries h_t next to dh to read act'(z_t) off it.
+
+
+def _xla_forward(zx_TxBxH, w_rec_HxH, activation, unroll, keep_states):
+    """h_T, and with keep_states also h_0..h_{T-1} as (T, B, H)."""
+    act = ACTIVATIONS[activation]
+
+    def step(h_BxH, zx_BxH):
+        return act(zx_BxH + h_BxH @ w_rec_HxH), (h_BxH if keep_states else None)
+
+    h0_BxH = jnp.zeros(zx_TxBxH.shape[1:], zx_TxBxH.dtype)
+    h_last_BxH, h_prev_TxBxH = jax.lax.scan(step, h0_BxH, zx_TxBxH, unroll=unroll)
+    return (h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
+
+
+def _xla_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll):
+    """dz_t = dh_t * act'(z_t) for t = T..1 as (T, B, H), from dh_T = `dh_BxH`."""
+    w_rec_t_HxH = w_rec_HxH.T
+
+    def step(carry, h_prev_BxH):
+        dh_BxH, h_BxH = carry
+        dz_BxH = dh_BxH * act_grad_from_state(activation, h_BxH)
+        # The last iteration's dh_0 is unused (h_0 is a constant): one wasted matmul of T.
+        return (dz_BxH @ w_rec_t_HxH, h_prev_BxH), dz_BxH
+
+    _, dz_TxBxH = jax.lax.scan(step, (dh_BxH, h_last_BxH), h_prev_TxBxH, reverse=True, unroll=unroll)
+    return dz_TxBxH
+
+
+def _input_projection(params, x_BxTxC):
+    # Time-major so each loop step reads one contiguous (B, H) slab; with C = 1 the transpose of x
+    # is cheap, while transposing (B, T, H) arrays would cost a full copy.
+    x_TxBxC = jnp.swapaxes(x_BxTxC, 0, 1)
+    zx_TxBxH = jnp.einsum("tbc,ch->tbh", x_TxBxC, params["kernel"]) + params["bias"]
+    return x_TxBxC, zx_TxBxH
+
+
+def _forward(loops, activation, unroll, params, x_BxTxC, keep_states):
+    x_TxBxC, zx_TxBxH = _input_projection(params, x_BxTxC)
+    if loops == "pallas":
+        h_prev_TxBxH, h_last_BxH = pallas_rnn.forward(zx_TxBxH, params["recurrent_kernel"], ACTIVATIONS[activation])
+        return (x_TxBxC, h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
+    out = _xla_forward(zx_TxBxH, params["recurrent_kernel"], activation, unroll, keep_states)
+    return (x_TxBxC, *out) if keep_states else out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _custom_final_state(loops, activation, unroll, params, x_BxTxC):
+    return _forward(loops, activation, unroll, params, x_BxTxC, keep_states=False)
+
+
+def _custom_fwd(loops, activation, unroll, params, x_BxTxC):
+    x_TxBxC, h_prev_TxBxH, h_last_BxH = _forward(loops, activation, unroll, params, x_BxTxC, keep_states=True)
+    # Only what the backward reads: the states (act'(z_t) and the dW_rec factor), x, the two kernels.
+    residuals = (x_TxBxC, h_prev_TxBxH, h_last_BxH, params["kernel"], params["recurrent_kernel"])
+    return h_last_BxH, residuals
+
+
+def _custom_bwd(loops, activation, unroll, residuals, dh_BxH):
+    x_TxBxC, h_prev_TxBxH, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
+    act_grad = functools.partial(act_grad_from_state, activation)
+    if loops == "pallas":
+        dz_TxBxH = pallas_rnn.backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, act_grad)
+    else:
+        dz_TxBxH = _xla_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll)
+    t, b, h = dz_TxBxH.shape
+    # The per-step sums as single matmuls over all T*B rows; the reshapes are free (contiguous).
+    dz_NxH = dz_TxBxH.reshape(t * b, h)
+    grads = {
+        "kernel": x_TxBxC.reshape(t * b, -1).T @ dz_NxH,
+        "recurrent_kernel": h_prev_TxBxH.reshape(t * b, h).T @ dz_NxH,
+        "bias": dz_NxH.sum(axis=0),
+    }
+    dx_BxTxC = jnp.swapaxes(dz_TxBxH @ w_in_CxH.T, 0, 1)
+    return grads, dx_BxTxC
+
+
+_custom_final_state.defvjp(_custom_fwd, _custom_bwd)
+
+
+def final_state(
+    recurrence: str, params: dict, x_BxTxC: jax.Array, activation: str, *, unroll: int = DEFAULT_UNROLL
+) -> jax.Array:
+    """h_T (B, H) of the simple RNN over x (B, T, C) with one of `RECURRENCES`.
+
+    `unroll` applies to "fused" only. Gradients of "fused" and "pallas" are exact (equal to
+    "scan" to float32 rounding) for any loss of h_T; see the module docstring.
+    """
+    _check(recurrence, activation)
+    params = {k: params[k] for k in ("kernel", "recurrent_kernel", "bias")}
+    if recurrence == "scan":
+        return scan_final_state(params, x_BxTxC, activation)
+    loops = "pallas" if recurrence == "pallas" else "xla"
+    return _custom_final_state(loops, activation, unroll, params, x_BxTxC)
