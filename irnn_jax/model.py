@@ -45,8 +45,13 @@ orthogonal = nn.initializers.orthogonal()
 zeros = nn.initializers.zeros
 
 
-class SimpleRNNCell(nn.Module):
-    """h_t = act(x_t W_in + h_{t-1} W_rec + b); parameters named as in Keras."""
+class SimpleRNNParams(nn.Module):
+    """The parameters of a simple RNN cell, named as in Keras.
+
+    Also used on its own by the recurrences computed outside `nn.scan`: same
+    names, shapes and initialisers (so the same initial values) as the scanned
+    cell, so checkpoints do not depend on the recurrence.
+    """
 
     features: int
     activation: Callable[[jax.Array], jax.Array] = nn.relu
@@ -54,12 +59,25 @@ class SimpleRNNCell(nn.Module):
     recurrent_init: Initializer = orthogonal
     bias_init: Initializer = zeros
 
+    def rnn_params(self, input_width: int) -> dict:
+        return {
+            "kernel": self.param("kernel", self.kernel_init, (input_width, self.features)),
+            "recurrent_kernel": self.param("recurrent_kernel", self.recurrent_init, (self.features, self.features)),
+            "bias": self.param("bias", self.bias_init, (self.features,)),
+        }
+
+    @nn.compact
+    def __call__(self, input_width: int) -> dict:
+        return self.rnn_params(input_width)
+
+
+class SimpleRNNCell(SimpleRNNParams):
+    """h_t = act(x_t W_in + h_{t-1} W_rec + b), one time step."""
+
     @nn.compact
     def __call__(self, h_BxH: jax.Array, x_BxC: jax.Array) -> tuple[jax.Array, None]:
-        w_in_CxH = self.param("kernel", self.kernel_init, (x_BxC.shape[-1], self.features))
-        w_rec_HxH = self.param("recurrent_kernel", self.recurrent_init, (self.features, self.features))
-        b_H = self.param("bias", self.bias_init, (self.features,))
-        h_BxH = self.activation(x_BxC @ w_in_CxH + h_BxH @ w_rec_HxH + b_H)
+        p = self.rnn_params(x_BxC.shape[-1])
+        h_BxH = self.activation(x_BxC @ p["kernel"] + h_BxH @ p["recurrent_kernel"] + p["bias"])
         # Only the last state is used: emitting nothing keeps the scan's output small.
         return h_BxH, None
 
@@ -108,28 +126,6 @@ class LSTMCell(nn.Module):
     @staticmethod
     def output(carry) -> jax.Array:
         return carry[1]
-
-
-class SimpleRNNParams(nn.Module):
-    """The parameters of a `SimpleRNNCell`, for recurrences computed outside `nn.scan`.
-
-    Same names, shapes and initialisers (and so the same initial values) as
-    the scanned cell, so checkpoints do not depend on the recurrence.
-    """
-
-    features: int
-    activation: Callable[[jax.Array], jax.Array] = nn.relu
-    kernel_init: Initializer = glorot_uniform
-    recurrent_init: Initializer = orthogonal
-    bias_init: Initializer = zeros
-
-    @nn.compact
-    def __call__(self, input_width: int) -> dict:
-        return {
-            "kernel": self.param("kernel", self.kernel_init, (input_width, self.features)),
-            "recurrent_kernel": self.param("recurrent_kernel", self.recurrent_init, (self.features, self.features)),
-            "bias": self.param("bias", self.bias_init, (self.features,)),
-        }
 
 
 def make_cell(cell: str, hidden_size: int, recurrent_gain: float, input_init_std: float, name: str):
