@@ -17,19 +17,17 @@ import dataclasses
 import importlib.util
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 from absl import app, flags
 
+from benchmarks.frameworks import INPUTS, SEQ_LEN, _cores
+
 ROOT = Path(__file__).resolve().parent.parent
-SEQ_LEN, INPUTS, CLASSES = 784, 1, 10
 # Packages each framework's runner imports; a framework with any of them missing is skipped.
 REQUIREMENTS = {"jax": ("jax", "flax"), "keras": ("keras", "tensorflow"), "torch": ("torch",)}
 FLOP_NOTE = "forward + backward = 3 x forward, as in REFERENCE.md: 784 x (2x100x100 + 2x100) x 3"
@@ -38,260 +36,6 @@ FLOP_NOTE = "forward + backward = 3 x forward, as in REFERENCE.md: 784 x (2x100x
 def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS) -> int:
     """Forward + backward FLOP of one sequence through the recurrence (the dense head is negligible)."""
     return 3 * seq_len * (2 * hidden * hidden + 2 * hidden * inputs)
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _proc_status_mib(field: str) -> float | None:
-    """VmRSS (now) or VmHWM (peak) of this process in MiB, from /proc; None where there is no /proc."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    if field == "VmHWM":
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return None
-
-
-# ------------------------------------------------------------ worker side
-
-
-@dataclasses.dataclass
-class Runner:
-    """One framework's training step on a fixed batch, ready to time."""
-
-    step: Callable[[], None]
-    sync: Callable[[], None]  # waits for queued steps (asynchronous dispatch)
-    device: str
-    platform: str  # "cpu" or "gpu": which matmul peak applies
-    threads: str
-    variant: str
-    versions: dict
-    device_peak_mib: Callable[[], float | None] = lambda: None
-
-
-def synthetic_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (B, 28, 28) and int32 labels (B,); the values do not change the speed."""
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (batch, 28, 28), dtype=np.uint8), rng.integers(0, CLASSES, batch).astype(np.int32)
-
-
-def _as_sequences(images: np.ndarray) -> np.ndarray:
-    """Row-major pixel sequences in [0, 1]: (B, 784, 1) float32."""
-    return (images.reshape(len(images), SEQ_LEN, INPUTS) / 255.0).astype(np.float32)
-
-
-def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
-    """This project's jitted train step on the `keras` preset of pixel MNIST."""
-    import flax
-    import jax
-
-    from experiments.configs import pixel_mnist
-    from irnn_jax import train
-
-    dev = jax.devices()[0]
-    mark_baseline()
-    config = pixel_mnist.get_config("keras")
-    config.batch_size, config.hidden_size = spec["batch"], spec["hidden"]
-    if spec["recurrence"]:
-        config.recurrence = spec["recurrence"]
-    train.validate_config(config)
-    state = train.create_state(config)
-    train_step, _ = train.jitted_steps(config, state.apply_fn)
-    images, labels = synthetic_batch(spec["batch"])
-    # Uncommitted, like the state: a committed batch would make the second step compile again.
-    batch = jax.device_put({"inputs": images, "targets": labels, "mask": np.ones(len(labels), np.float32)})
-    holder = [state]
-
-    def step():
-        holder[0] = train_step(holder[0], batch)  # the state is donated: keep only the newest
-
-    def device_peak():
-        stats = dev.memory_stats() if dev.platform != "cpu" else None
-        return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
-
-    return Runner(
-        step=step,
-        sync=lambda: jax.block_until_ready(holder[0]),
-        device=dev.platform if dev.platform == "cpu" else f"{dev.platform} ({dev.device_kind})",
-        platform="cpu" if dev.platform == "cpu" else "gpu",
-        threads=str(_cores()) if dev.platform == "cpu" else "-",
-        variant=f"recurrence={spec['recurrence']}" if spec["recurrence"] else "default",
-        versions={"jax": jax.__version__, "flax": flax.__version__},
-        device_peak_mib=device_peak,
-    )
-
-
-def setup_keras(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
-    """Keras 3 on TensorFlow: SimpleRNN + Dense + softmax, timed with `train_on_batch`, as in the source."""
-    os.environ["KERAS_BACKEND"] = "tensorflow"
-    import keras
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    mark_baseline()
-    hidden = spec["hidden"]
-    model = keras.Sequential(
-        [
-            keras.Input((SEQ_LEN, INPUTS)),
-            keras.layers.SimpleRNN(
-                hidden,
-                activation="relu",
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-                recurrent_initializer=keras.initializers.Identity(gain=1.0),
-            ),
-            keras.layers.Dense(CLASSES),
-            keras.layers.Activation("softmax"),
-        ]
-    )
-    optimizer = keras.optimizers.RMSprop(learning_rate=1e-6, global_clipnorm=1.0)
-    model.compile(loss="categorical_crossentropy", optimizer=optimizer, metrics=["accuracy"])
-    images, labels = synthetic_batch(spec["batch"])
-    x, y = _as_sequences(images), keras.utils.to_categorical(labels, CLASSES)
-
-    def device_peak():
-        return tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20 if gpus else None
-
-    intra = tf.config.threading.get_intra_op_parallelism_threads()
-    return Runner(
-        step=lambda: model.train_on_batch(x, y),
-        sync=lambda: None,  # train_on_batch returns host values, so each call has finished
-        device=f"gpu ({gpus[0].name})" if gpus else "cpu",
-        platform="gpu" if gpus else "cpu",
-        threads=str(intra) if intra else f"{_cores()} (TF default)",
-        variant=f"train_on_batch, jit_compile={model.jit_compile}",
-        versions={"keras": keras.__version__, "tensorflow": tf.__version__},
-        device_peak_mib=device_peak,
-    )
-
-
-def setup_torch(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
-    """PyTorch eager: nn.RNN(relu) + nn.Linear, RMSprop with Keras constants, clip_grad_norm_."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    torch.set_num_threads(spec.get("torch_threads") or _cores())
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    mark_baseline()
-    torch.manual_seed(0)
-    hidden = spec["hidden"]
-    rnn = nn.RNN(INPUTS, hidden, nonlinearity="relu", batch_first=True).to(device)
-    head = nn.Linear(hidden, CLASSES).to(device)
-    with torch.no_grad():  # the IRNN initialisation (speed does not depend on it)
-        nn.init.normal_(rnn.weight_ih_l0, std=0.001)
-        rnn.weight_hh_l0.copy_(torch.eye(hidden))
-        rnn.bias_ih_l0.zero_()
-        rnn.bias_hh_l0.zero_()
-    params = [*rnn.parameters(), *head.parameters()]
-    optimizer = torch.optim.RMSprop(params, lr=1e-6, alpha=0.9, eps=1e-7)
-    images, labels = synthetic_batch(spec["batch"])
-    x = torch.from_numpy(_as_sequences(images)).to(device)
-    y = torch.from_numpy(labels.astype(np.int64)).to(device)
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        _, h_1xBxH = rnn(x)
-        F.cross_entropy(head(h_1xBxH[0]), y).backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-
-    return Runner(
-        step=step,
-        sync=torch.cuda.synchronize if cuda else lambda: None,
-        device=f"cuda ({torch.cuda.get_device_name()})" if cuda else "cpu",
-        platform="gpu" if cuda else "cpu",
-        threads=str(torch.get_num_threads()) if not cuda else "-",
-        variant="eager" + (", cuDNN" if cuda and torch.backends.cudnn.is_available() else ""),
-        versions={"torch": torch.__version__},
-        device_peak_mib=lambda: torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-    )
-
-
-SETUPS = {"jax": setup_jax, "keras": setup_keras, "torch": setup_torch}
-
-
-def time_runner(runner: Runner, warmup: int, steps: int, repeats: int) -> list[float]:
-    """Seconds per step of each repetition, after `warmup` steps."""
-    for _ in range(warmup):
-        runner.step()
-    runner.sync()
-    per_step = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            runner.step()
-        runner.sync()
-        per_step.append((time.perf_counter() - t0) / steps)
-    return per_step
-
-
-def measure_matmul(size: int, repeats: int) -> dict:
-    """float32 size x size jnp.matmul FLOP/s on JAX's CPU and default devices (median of repeats)."""
-    import jax
-    import jax.numpy as jnp
-
-    matmul = jax.jit(lambda a, b: a @ b)
-    out = {}
-    for dev in {d.platform: d for d in (jax.devices("cpu")[0], jax.devices()[0])}.values():
-        keys = jax.random.split(jax.random.key(0))
-        a = jax.device_put(jax.random.normal(keys[0], (size, size), jnp.float32), dev)
-        # Norm-preserving factor: the chained product stays finite (and free of denormals).
-        b = jax.device_put(jax.random.normal(keys[1], (size, size), jnp.float32) / size**0.5, dev)
-        matmul(a, b).block_until_ready()  # compiles
-        t0 = time.perf_counter()
-        matmul(a, b).block_until_ready()
-        count = max(1, int(0.3 / max(time.perf_counter() - t0, 1e-6)))  # about 0.3 s per repetition
-        rates = []
-        for _ in range(repeats):
-            c = a
-            t0 = time.perf_counter()
-            for _ in range(count):
-                c = matmul(c, b)
-            c.block_until_ready()
-            rates.append(2 * size**3 * count / (time.perf_counter() - t0))
-        platform = "cpu" if dev.platform == "cpu" else "gpu"
-        out[platform] = {
-            "flop_per_s": statistics.median(rates),
-            "device": dev.platform if platform == "cpu" else f"{dev.platform} ({dev.device_kind})",
-            "threads": _cores() if platform == "cpu" else None,
-            "size": size,
-            "repeats": repeats,
-        }
-    return out
-
-
-def worker_main(spec_json: str) -> None:
-    """Subprocess entry point: runs one spec and writes its result as JSON to spec["out"]."""
-    spec = json.loads(spec_json)
-    if spec["kind"] == "matmul":
-        result = measure_matmul(spec["size"], spec["repeats"])
-    else:
-        baseline = {}
-        runner = SETUPS[spec["framework"]](spec, lambda: baseline.setdefault("rss", _proc_status_mib("VmRSS")))
-        per_step = time_runner(runner, spec["warmup"], spec["steps"], spec["repeats"])
-        peak = _proc_status_mib("VmHWM")
-        seconds = statistics.median(per_step)
-        result = {
-            "ms_per_step": 1e3 * seconds,
-            "ms_per_step_all": [1e3 * s for s in per_step],
-            "samples_per_s": spec["batch"] / seconds,
-            "rss_peak_mib": peak,
-            "rss_added_mib": peak - baseline["rss"] if peak and baseline.get("rss") else None,
-            "device_peak_mib": runner.device_peak_mib(),
-            **{k: getattr(runner, k) for k in ("device", "platform", "threads", "variant", "versions")},
-        }
-    Path(spec["out"]).write_text(json.dumps(result))
-
-
-# ------------------------------------------------------------ parent side
 
 
 @dataclasses.dataclass
@@ -319,7 +63,7 @@ def run_worker(spec: dict, timeout_s: float) -> tuple[dict | None, str | None]:
         out = Path(tmp) / "result.json"
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-        code = "import sys; from benchmarks.compare import worker_main; worker_main(sys.argv[1])"
+        code = "import sys; from benchmarks.frameworks import worker_main; worker_main(sys.argv[1])"
         cmd = [sys.executable, "-c", code, json.dumps({**spec, "out": str(out)})]
         try:
             proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
