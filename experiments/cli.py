@@ -83,7 +83,7 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
 
 
 def hardware() -> str:
-    """'CPU model (N cores); jax device kind', for the results page."""
+    """'CPU model (N cores)[; N x accelerator kind]', for the results page."""
     import os
 
     import jax
@@ -97,7 +97,8 @@ def hardware() -> str:
     except OSError:
         pass
     dev = jax.devices()[0]
-    return f"{cpu} ({os.cpu_count()} cores); {dev.platform}: {dev.device_kind}"
+    accelerator = "" if dev.platform == "cpu" else f"; {jax.device_count()} x {dev.device_kind}"
+    return f"{cpu} ({os.cpu_count()} cores){accelerator}"
 
 
 def record_session(workdir: Path, experiment: str, config) -> None:

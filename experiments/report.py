@@ -86,10 +86,10 @@ def table(runs: list[dict]) -> str:
         reported = module.REPORTED.get(preset, {}).get("text", "")
         sid = SOURCE_IDS.get(preset)
         name = f"{preset} ({sid})" if sid else preset
-        session = run["sessions"][-1]
+        hardware = run["sessions"][-1]["hardware"].replace("; cpu: cpu", "")  # older run.json files
         lines.append(
             f"| {run['experiment']} | {dataset} | {name} | {reported} | {_ours(run, module.METRIC)} | {steps} | "
-            f"{_fmt_time(last['elapsed_seconds'])} | {session['hardware']} | `{run['sessions'][0]['command']}` |"
+            f"{_fmt_time(last['elapsed_seconds'])} | {hardware} | `{run['sessions'][0]['command']}` |"
         )
     for experiment, module in EXPERIMENTS.items():
         for preset in module.PRESETS:
@@ -129,7 +129,7 @@ def plot(runs: list[dict], experiment: str, path: Path) -> None:
         ax.set_ylabel("test accuracy")
     ax.set_xlabel("optimiser steps")
     ax.set_xscale("log")
-    ax.set_title(f"{experiment}: ours (lines), reported (stars)")
+    ax.set_title(f"{experiment}: ours (lines; dataset in the legend), reported by the source (stars)", fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -47,7 +47,7 @@ def test_run_json_records_each_session(two_runs):
     info = json.loads((two_runs[0] / "run.json").read_text())
     assert info["experiment"] == "pixel_mnist" and info["preset"] == "keras_default_init"
     assert len(info["sessions"]) == 1 and info["sessions"][0]["command"].startswith("python -m experiments.pixel_mnist")
-    assert "cpu" in info["sessions"][0]["hardware"]
+    assert "cores)" in info["sessions"][0]["hardware"]
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
