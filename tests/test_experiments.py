@@ -48,9 +48,10 @@ def test_row_presets_follow_the_sources():
         assert (c.batch_size, c.num_train_steps, c.shuffle, c.clip_norm) == (50, 4001, False, 0.0)
 
 
-def test_s3_batches_are_the_source_loop():
-    """The Keras loop: BATCH_INDEX += 50, back to 0 once it reaches 60,000."""
-    c = row_mnist.get_config("tanh50_dense30")
+@pytest.mark.parametrize("preset", ["tanh50_dense30", "tanh50"])
+def test_s3_s4_batches_are_the_source_loop(preset):
+    """The Keras loop of S3 and S4: BATCH_INDEX += 50, back to 0 once it reaches 60,000."""
+    c = row_mnist.get_config(preset)
     n, batch_index = 60_000, 0
     for step in list(range(0, 5)) + list(range(1195, 1205)) + [4000]:
         while step and batch_index != (step * 50) % n:  # replay the source loop up to `step`
@@ -61,8 +62,9 @@ def test_s3_batches_are_the_source_loop():
         assert mask.all()
 
 
-def test_s3_evaluates_after_steps_1_501_and_so_on():
-    c = row_mnist.get_config("tanh50_dense30")
+@pytest.mark.parametrize("preset", ["tanh50_dense30", "tanh50"])
+def test_s3_s4_evaluate_after_steps_1_501_and_so_on(preset):
+    c = row_mnist.get_config(preset)
     evals = [s for s in range(1, c.num_train_steps + 1)
              if metrics.should_run(s, c.eval_every_steps, c.num_train_steps, c.eval_offset)]  # fmt: skip
     assert evals == [1 + 500 * k for k in range(9)]

@@ -190,3 +190,14 @@ def test_divergence_raises_and_saves_the_last_good_state(idx_dir, tmp_path):
         train.train_and_evaluate(c, tmp_path)
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and f"after step {saved[0]} is saved" in str(e.value)
+
+
+def test_steps_per_call_does_not_change_the_numbers(idx_dir, tmp_path):
+    """N steps in one jitted call equal N calls of one step, bit for bit."""
+    one = train.train_and_evaluate(tiny_config(idx_dir, steps_per_call=1), tmp_path / "one")
+    seven = train.train_and_evaluate(tiny_config(idx_dir, steps_per_call=7), tmp_path / "seven")
+    jax.tree.map(np.testing.assert_array_equal, one.state.params, seven.state.params)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in rows]  # noqa: E731
+    assert strip(metrics.read_rows(tmp_path / "one" / "metrics.jsonl")) == strip(
+        metrics.read_rows(tmp_path / "seven" / "metrics.jsonl")
+    )
