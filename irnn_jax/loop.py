@@ -18,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from irnn_jax import checkpoint as ckpt_lib
 from irnn_jax import data as data_lib
@@ -147,8 +145,7 @@ def run(config, workdir: Path) -> RunResult:
         train_data = parallel.put_replicated({"inputs": dataset.train.inputs, "targets": dataset.train.targets}, mesh)
         chunk_fn, eval_fn, reset_fn = _compile(config, state.apply_fn, stacked)
         # Indices (N, B) or (N, R, B): shard the batch (single run) or run axis (sweep) when it divides.
-        lead = len(runs) if stacked else config.batch_size
-        index_sharding = NamedSharding(mesh, P(None, parallel.AXIS) if lead % mesh.size == 0 else P())
+        index_sharding = parallel.axis_sharding(mesh, len(runs) if stacked else config.batch_size, axis=1)
 
         last_saved = start if restored is not None else None
         last_rows = None

@@ -52,10 +52,10 @@ def make_mesh() -> Mesh:
     return Mesh(np.asarray(jax.devices()), (AXIS,))
 
 
-def leading_axis_sharding(mesh: Mesh, size: int, ndim: int) -> NamedSharding:
-    """Shards the first axis when the device count divides it, else replicates."""
-    if size % mesh.size == 0 and ndim > 0:
-        return NamedSharding(mesh, P(AXIS))
+def axis_sharding(mesh: Mesh, size: int, axis: int = 0) -> NamedSharding:
+    """Shards `axis` (of length `size`) when the device count divides it, else replicates."""
+    if size % mesh.size == 0:
+        return NamedSharding(mesh, P(*[None] * axis, AXIS))
     return NamedSharding(mesh, P())
 
 
@@ -82,7 +82,7 @@ def put_state(state, mesh: Mesh, stacked: bool):
     if not stacked:
         return put_replicated(state, mesh)
     runs = jax.tree.leaves(state)[0].shape[0]
-    return put(state, jax.tree.map(lambda x: leading_axis_sharding(mesh, runs, np.ndim(x)), state))
+    return put(state, jax.tree.map(lambda _: axis_sharding(mesh, runs), state))
 
 
 def abstract_like(state):

@@ -47,8 +47,9 @@ def validate_config(config) -> None:
     need(c.dataset in data_lib.DATASETS, f"dataset must be one of {data_lib.DATASETS}, got {c.dataset!r}")
     need(c.task in data_lib.TASKS, f"task must be one of {data_lib.TASKS}, got {c.task!r}")
     need(c.cell in model_lib.CELLS, f"cell must be one of {model_lib.CELLS}, got {c.cell!r}")
-    recurrences = ("scan", "fused", "pallas")
-    need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
+    from irnn_jax.recurrence import RECURRENCES
+
+    need(c.recurrence in RECURRENCES, f"recurrence must be one of {RECURRENCES}, got {c.recurrence!r}")
     need(c.recurrence == "scan" or c.cell != "lstm", f"recurrence {c.recurrence!r} needs a simple RNN cell, not lstm")
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(
