@@ -1,14 +1,16 @@
 """Speed of one IRNN training step: this project (JAX) beside Keras 3 (TensorFlow) and PyTorch.
 
     python -m benchmarks.compare                    # jax, keras, torch at batch 32, 256, 1024
-    python -m benchmarks.compare --frameworks=jax --batch_sizes=32 --recurrence=scan,fused
+    python -m benchmarks.compare --frameworks=jax --batch_sizes=32 --recurrence=scan,fused --cpu_devices=1,0
     python -m benchmarks.compare --steps=20,5,2 --json_out=/tmp/bench.json --md_out=/tmp/bench.md
 
 One step is forward + backward + RMSprop update (lr 1e-6, global-norm clipping 1.0) of the
 pixel-MNIST IRNN: 784 steps of 1 value, 100 ReLU units with identity recurrent init, Dense 10,
 softmax cross-entropy. Every (framework, batch size) runs in its own subprocess, so imports,
 thread pools and peak memory do not mix. Warm-up steps (compilation) are excluded; each
-row is the median over `--repeats` runs of `--steps` steps. A JAX subprocess also measures
+row is the median over `--repeats` runs of `--steps` steps. JAX runs as the training loop does:
+the CPU split into `--cpu_devices` devices (0: one per core, the batch divided among them), and a
+repetition's steps in one jitted call (`steps_per_call`). A JAX subprocess also measures
 the machine's float32 large-matmul FLOP/s, the yardstick for the "% of matmul" column.
 Frameworks whose packages are missing are skipped (`pip install -e ".[bench]"` adds them).
 """
@@ -42,10 +44,11 @@ def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS) -
 class Options:
     frameworks: Sequence[str] = ("jax", "keras", "torch")
     batch_sizes: Sequence[int] = (32, 256, 1024)
-    steps: Sequence[int] = (10, 3, 1)  # per batch size; the last value repeats
+    steps: Sequence[int] = (25, 10, 8)  # per batch size; the last value repeats
     repeats: int = 5
     warmup: int = 2
     recurrence: Sequence[str] = ()  # JAX config.recurrence values; empty: the config's default
+    cpu_devices: Sequence[int] = (0,)  # JAX: CPU device counts, as --cpu_devices (0: one per core)
     hidden: int = 100
     matmul_size: int = 2048
     torch_threads: int = 0  # 0: one per core
@@ -73,21 +76,6 @@ def run_worker(spec: dict, timeout_s: float) -> tuple[dict | None, str | None]:
             lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
             return None, f"exit code {proc.returncode}: {lines[-1] if lines else 'no output'}"
         return json.loads(out.read_text()), None
-
-
-def _recurrences(options: Options, notes: list[str]) -> list[str]:
-    """The config.recurrence values to time ("" = the config's default)."""
-    if not options.recurrence:
-        return [""]
-    from experiments.configs import pixel_mnist
-
-    if "recurrence" in pixel_mnist.get_config("keras"):
-        return list(options.recurrence)
-    notes.append(
-        f"--recurrence={','.join(options.recurrence)} ignored: the config has no 'recurrence' field, "
-        "so only the default recurrence was timed."
-    )
-    return [""]
 
 
 def _add_derived(rows: list[dict], peaks: dict, flop: int) -> None:
@@ -122,6 +110,8 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
         raise ValueError(f"unknown frameworks {sorted(unknown)}; choose from {sorted(REQUIREMENTS)}")
     if not options.batch_sizes or not options.steps or min(*options.batch_sizes, *options.steps) < 1:
         raise ValueError("batch sizes and steps must be positive integers")
+    if not options.cpu_devices or min(options.cpu_devices) < 0:
+        raise ValueError("cpu_devices must be integers >= 0 (0: one per core)")
     notes, skipped = [], []
     frameworks = []
     for fw in options.frameworks:
@@ -143,26 +133,27 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
             notes.append(f"matmul peak not measured: {err}")
             peaks = {}
 
-    recurrences = _recurrences(options, notes)
+    # JAX rows: each recurrence ("" = the config's default) on each CPU device count.
+    jax_variants = [(r, d) for r in options.recurrence or [""] for d in options.cpu_devices]
     rows = []
     for i, batch in enumerate(options.batch_sizes):
         steps = options.steps[min(i, len(options.steps) - 1)]
         for fw in frameworks:
-            for recurrence in recurrences if fw == "jax" else [""]:
+            for recurrence, cpu_devices in jax_variants if fw == "jax" else [("", 0)]:
                 spec = {
                     "kind": "step",
                     "framework": fw,
                     "batch": batch,
                     "hidden": options.hidden,
                     "recurrence": recurrence,
+                    "cpu_devices": cpu_devices,
                     "warmup": options.warmup,
                     "steps": steps,
                     "repeats": options.repeats,
                     "torch_threads": options.torch_threads,
                 }
-                log(
-                    f"{fw}{' ' + recurrence if recurrence else ''} batch {batch}: {steps} steps x {options.repeats} ..."
-                )
+                what = f"{fw} {recurrence} cpu_devices={cpu_devices}" if fw == "jax" else fw
+                log(f"{what} batch {batch}: {steps} steps x {options.repeats} ...")
                 result, err = run_worker(spec, options.timeout_s)
                 row = {"framework": fw, "batch": batch, "steps": steps, "repeats": options.repeats}
                 row.update(result or {"error": err, "variant": f"recurrence={recurrence}" if recurrence else ""})
@@ -276,10 +267,13 @@ def write_outputs(report: dict, json_out: str = "", md_out: str = "") -> None:
 
 _FRAMEWORKS = flags.DEFINE_list("frameworks", "jax,keras,torch", f"Any of {','.join(REQUIREMENTS)}.")
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", "32,256,1024", "Batch sizes to time.")
-_STEPS = flags.DEFINE_list("steps", "10,3,1", "Timed steps per repetition, per batch size (the last repeats).")
+_STEPS = flags.DEFINE_list(
+    "steps", "25,10,8", "Timed steps per repetition, per batch size (the last repeats); JAX runs them in one call."
+)
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Repetitions; the median is reported.", lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first compiles).", lower_bound=1)
 _RECURRENCE = flags.DEFINE_list("recurrence", "", "JAX config.recurrence values to time, e.g. scan,fused.")
+_CPU_DEVICES = flags.DEFINE_list("cpu_devices", "0", "JAX CPU device counts to time, as --cpu_devices (0: per core).")
 _HIDDEN = flags.DEFINE_integer("hidden", 100, "Hidden units (smaller only for quick checks).", lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul for the FLOP/s peak.")
 _TORCH_THREADS = flags.DEFINE_integer(
@@ -301,6 +295,7 @@ def main(argv):
             repeats=_REPEATS.value,
             warmup=_WARMUP.value,
             recurrence=tuple(_RECURRENCE.value),
+            cpu_devices=tuple(int(d) for d in _CPU_DEVICES.value),
             hidden=_HIDDEN.value,
             matmul_size=_MATMUL_SIZE.value,
             torch_threads=_TORCH_THREADS.value,

@@ -49,6 +49,7 @@ class Runner:
     variant: str
     versions: dict
     device_peak_mib: Callable[[], float | None] = lambda: None
+    steps_per_call: int = 1  # optimiser steps one call of `step` runs
 
 
 def synthetic_batch(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +64,18 @@ def _as_sequences(images: np.ndarray) -> np.ndarray:
 
 
 def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
-    """This project's jitted train step on the `keras` preset of pixel MNIST."""
+    """This project's training loop on the `keras` preset of pixel MNIST, as `experiments.pixel_mnist` runs it.
+
+    The CPU is split into `spec["cpu_devices"]` devices as the command line does (0: one per core), the
+    batch divided among them; the training set (here: the one synthetic batch) lives on the device;
+    one call of `step` is `loop.compile_steps`' jitted chunk of `spec["steps"]` optimiser steps."""
     import flax
     import jax
 
     from experiments.configs import pixel_mnist
-    from irnn_jax import train
+    from irnn_jax import loop, parallel, train
 
+    devices = parallel.use_cpu_devices(spec.get("cpu_devices", 0), spec["batch"])
     dev = jax.devices()[0]
     mark_baseline()
     config = pixel_mnist.get_config("keras")
@@ -77,29 +83,36 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
     if spec["recurrence"]:
         config.recurrence = spec["recurrence"]
     train.validate_config(config)
-    state = train.create_state(config)
-    train_step, _ = train.jitted_steps(config, state.apply_fn)
+    mesh = parallel.make_mesh()
+    state = parallel.put_state(train.create_state(config), mesh, stacked=False)
+    chunk_fn, _, _ = loop.compile_steps(config, state.apply_fn, mesh, stacked=False)
     images, labels = synthetic_batch(spec["batch"])
-    # Uncommitted, like the state: a committed batch would make the second step compile again.
-    batch = jax.device_put({"inputs": images, "targets": labels, "mask": np.ones(len(labels), np.float32)})
+    train_data = parallel.put_replicated({"inputs": images, "targets": labels}, mesh)
+    steps, batch = spec["steps"], spec["batch"]
+    sharding = parallel.axis_sharding(mesh, batch, axis=1)
+    idx, mask = np.tile(np.arange(batch, dtype=np.int32), (steps, 1)), np.ones((steps, batch), np.float32)
+    idx, mask = parallel.put((idx, mask), (sharding, sharding))
     holder = [state]
 
     def step():
-        holder[0] = train_step(holder[0], batch)  # the state is donated: keep only the newest
+        holder[0] = chunk_fn(holder[0], train_data, idx, mask)  # the state is donated: keep only the newest
 
     def device_peak():
         stats = dev.memory_stats() if dev.platform != "cpu" else None
         return stats["peak_bytes_in_use"] / 2**20 if stats and "peak_bytes_in_use" in stats else None
 
+    on_cpu = dev.platform == "cpu"
     return Runner(
         step=step,
         sync=lambda: jax.block_until_ready(holder[0]),
-        device=dev.platform if dev.platform == "cpu" else f"{dev.platform} ({dev.device_kind})",
-        platform="cpu" if dev.platform == "cpu" else "gpu",
-        threads=str(_cores()) if dev.platform == "cpu" else "-",
-        variant=f"recurrence={spec['recurrence']}" if spec["recurrence"] else "default",
+        device=f"cpu x {mesh.size}" if on_cpu else f"{dev.platform} ({dev.device_kind}) x {mesh.size}",
+        platform="cpu" if on_cpu else "gpu",
+        threads=str(_cores()) if on_cpu else "-",
+        variant=f"recurrence={config.recurrence}, {mesh.size} device(s)"
+        + ("" if devices is None or not on_cpu else f" (--cpu_devices={spec.get('cpu_devices', 0)})"),
         versions={"jax": jax.__version__, "flax": flax.__version__},
         device_peak_mib=device_peak,
+        steps_per_call=steps,
     )
 
 
@@ -194,17 +207,18 @@ SETUPS = {"jax": setup_jax, "keras": setup_keras, "torch": setup_torch}
 
 
 def time_runner(runner: Runner, warmup: int, steps: int, repeats: int) -> list[float]:
-    """Seconds per step of each repetition, after `warmup` steps."""
+    """Seconds per step of each repetition of `steps` steps, after `warmup` calls of `step`."""
     for _ in range(warmup):
         runner.step()
     runner.sync()
+    calls = -(-steps // runner.steps_per_call)
     per_step = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(calls):
             runner.step()
         runner.sync()
-        per_step.append((time.perf_counter() - t0) / steps)
+        per_step.append((time.perf_counter() - t0) / (calls * runner.steps_per_call))
     return per_step
 
 

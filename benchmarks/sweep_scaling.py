@@ -3,10 +3,14 @@
     python -m benchmarks.sweep_scaling [--runs=1,8,32] [--batch_size=32] [--steps=10]
 
 Times the same jitted chunk of `steps_per_call` steps the training loop runs
-(`irnn_jax.loop`), vmapped over R runs that differ in seed and learning rate,
-on random pixels, after one warm-up call; median of --repeats calls.
+(`irnn_jax.loop`), vmapped over R runs that differ in seed, on random pixels,
+after one warm-up call; median of --repeats calls. The CPU is split into
+devices as the command line does (--cpu_devices; 0: one per core, as many as
+divide the batch and every sweep size): one run splits its batch over them,
+a sweep its runs.
 """
 
+import math
 import time
 
 import jax
@@ -20,6 +24,7 @@ _RUNS = flags.DEFINE_list("runs", ["1", "8", "32"], "sweep sizes to time")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "batch per run")
 _STEPS = flags.DEFINE_integer("steps", 10, "optimiser steps per timed call")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls; the median is reported")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "CPU devices, as the experiments' flag", lower_bound=0)
 
 
 def time_sweep(num_runs: int, batch_size: int, steps: int, repeats: int) -> float:
@@ -37,9 +42,11 @@ def time_sweep(num_runs: int, batch_size: int, steps: int, repeats: int) -> floa
     data = parallel.put_replicated(
         {"inputs": rng.integers(0, 256, (1000, 28, 28), np.uint8), "targets": rng.integers(0, 10, 1000, np.int32)}, mesh
     )
-    chunk, _, _ = loop._compile(c, state.apply_fn, stacked)
+    chunk, _, _ = loop.compile_steps(c, state.apply_fn, mesh, stacked)
     shape = (steps, num_runs, batch_size) if stacked else (steps, batch_size)
     idx, mask = rng.integers(0, 1000, shape).astype(np.int32), np.ones(shape, np.float32)
+    sharding = parallel.axis_sharding(mesh, num_runs if stacked else batch_size, axis=1)
+    idx, mask = parallel.put((idx, mask), (sharding, sharding))
     state = jax.block_until_ready(chunk(state, data, idx, mask))  # compile
     times = []
     for _ in range(repeats):
@@ -51,11 +58,16 @@ def time_sweep(num_runs: int, batch_size: int, steps: int, repeats: int) -> floa
 
 def main(argv):
     del argv
-    print(f"pixel-MNIST IRNN (hidden 100, 784 steps), batch {_BATCH.value} per run, {jax.devices()[0].device_kind}")
+    sizes = [int(x) for x in _RUNS.value]
+    parallel.use_cpu_devices(_CPU_DEVICES.value, math.gcd(_BATCH.value, *(r for r in sizes if r > 1)))
+    print(
+        f"pixel-MNIST IRNN (hidden 100, 784 steps), batch {_BATCH.value} per run, "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+    )
     print("| runs | ms per step (all runs) | ms per run-step | speed-up over separate runs |")
     print("|---|---|---|---|")
     base = None
-    for r in (int(x) for x in _RUNS.value):
+    for r in sizes:
         t = time_sweep(r, _BATCH.value, _STEPS.value, _REPEATS.value)
         if r == 1:
             base = t

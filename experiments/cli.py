@@ -51,11 +51,20 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
     config_flag = config_flags.DEFINE_config_file(
         "config", f"{config_path}:{default_preset}", "preset: PATH:PRESET", lock_config=True
     )
+    cpu_devices_flag = flags.DEFINE_integer(
+        "cpu_devices",
+        0,
+        "JAX devices to split the CPU into; the batch (a sweep: its runs) is divided among them. "
+        "0: one per usable core, as many as divide the batch evenly. Ignored on GPU/TPU, and when "
+        "XLA_FLAGS or JAX_NUM_CPU_DEVICES set a count. Not part of the config: a run may resume with "
+        "another count (equal to float32 rounding, not bit for bit).",
+        lower_bound=0,
+    )
 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        from irnn_jax import checkpoint, data, train
+        from irnn_jax import checkpoint, data, parallel, sweep, train
 
         logging.get_absl_handler().addFilter(_QuietLibraries())
         config = config_flag.value
@@ -64,6 +73,8 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         logging.info("workdir: %s", Path(workdir).resolve())
         try:
             train.validate_config(config)
+            share = len(sweep.expand(config)) if config.sweep else config.batch_size
+            parallel.use_cpu_devices(cpu_devices_flag.value, share)
             record_session(Path(workdir), experiment, config)
             result = train.train_and_evaluate(config, workdir)
         except (train.ConfigError, data.DataError, checkpoint.CheckpointMismatchError, train.DivergenceError) as e:
@@ -117,6 +128,7 @@ def record_session(workdir: Path, experiment: str, config) -> None:
             "command": shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]]),
             "hardware": hardware(),
             "jax": jax.__version__,
+            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
     )

@@ -126,6 +126,17 @@ class Checkpointer:
                 f"{self.directory} holds a checkpoint (step {step}) of a different model: "
                 f"parameters {meta.get('param_shapes')} != {shapes}; use a new --workdir"
             )
+        # A leaf with no sharding (e.g. from jax.eval_shape) goes to the first device, whatever the
+        # device count the checkpoint was saved from; Orbax would otherwise insist on that count.
+        first = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract_state = jax.tree.map(
+            lambda x: (
+                x
+                if getattr(x, "sharding", None) is not None
+                else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=first)
+            ),
+            abstract_state,
+        )
         try:
             restored = self._manager.restore(
                 step,

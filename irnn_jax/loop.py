@@ -41,10 +41,16 @@ class RunResult:
         return self.last_rows[0] if self.last_rows else None
 
 
-def _compile(config, apply_fn, stacked: bool):
+def compile_steps(config, apply_fn, mesh, stacked: bool):
+    """jitted (train_chunk, eval_step, reset of the metric sums) as the loop runs them.
+
+    A single run splits its batch over the mesh's devices when it divides (data parallelism);
+    a sweep shards its run axis instead and leaves each run's batch whole."""
     loss_fn = train_lib.make_loss_fn(config)
-    chunk = functools.partial(train_lib.train_chunk, loss_fn=loss_fn)
-    evaluate = functools.partial(train_lib.eval_step, apply_fn=apply_fn, loss_fn=loss_fn)
+    train_mesh = None if stacked else parallel.split_batch_mesh(mesh, config.batch_size)
+    eval_mesh = None if stacked else parallel.split_batch_mesh(mesh, config.eval_batch_size)
+    chunk = functools.partial(train_lib.train_chunk, loss_fn=loss_fn, mesh=train_mesh)
+    evaluate = functools.partial(train_lib.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)
     if stacked:  # one more leading axis: runs (state, indices), shared data
         chunk = jax.vmap(chunk, in_axes=(0, None, 1, 1))
         evaluate = jax.vmap(evaluate, in_axes=(0, None))
@@ -67,11 +73,13 @@ def _indices(run_configs, num_examples: int, batch_size: int, start: int, end: i
     return np.stack([i for i, _ in per_run], 1), np.stack([m for _, m in per_run], 1)
 
 
-def _evaluate(eval_fn, params, split, batch_size, mesh, regression, num_runs):
+def _evaluate(eval_fn, params, split, batch_size, mesh, regression, num_runs, stacked):
     """Test metrics per run, over the whole split."""
     totals = 0
+    # A single run's batches are split over the devices like its training batches; a sweep's are whole.
+    sharding = parallel.replicated(mesh) if stacked else parallel.axis_sharding(mesh, batch_size)
     for batch in data_lib.eval_batches(split, batch_size):
-        out = eval_fn(params, parallel.put_replicated(batch, mesh))
+        out = eval_fn(params, parallel.put(batch, jax.tree.map(lambda _: sharding, batch)))
         totals = totals + np.asarray(parallel.fetch(out), np.float64)
     totals = np.reshape(totals, (num_runs, 3))
     rows = []
@@ -143,7 +151,7 @@ def run(config, workdir: Path) -> RunResult:
             len(runs), model_lib.count_params(state.params) // len(runs), mesh.size, jax.process_count(),
         )  # fmt: skip
         train_data = parallel.put_replicated({"inputs": dataset.train.inputs, "targets": dataset.train.targets}, mesh)
-        chunk_fn, eval_fn, reset_fn = _compile(config, state.apply_fn, stacked)
+        chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, stacked)
         # Indices (N, B) or (N, R, B): shard the batch (single run) or run axis (sweep) when it divides.
         index_sharding = parallel.axis_sharding(mesh, len(runs) if stacked else config.batch_size, axis=1)
 
@@ -193,7 +201,7 @@ def run(config, workdir: Path) -> RunResult:
                 if metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
                     rate = (step - interval_start) / (time.perf_counter() - t_interval)
                     tests = _evaluate(eval_fn, state.params, dataset.test, config.eval_batch_size, mesh,
-                                      regression, len(runs))  # fmt: skip
+                                      regression, len(runs), stacked)  # fmt: skip
                     last_rows = []
                     for k, test in enumerate(tests):
                         row = _train_row(step, spe, {n: float(v[k]) for n, v in sums.items()}, regression)

@@ -44,6 +44,36 @@ def maybe_initialize_distributed() -> None:
     )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: what taskset, SLURM or a container allow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_device_count(requested: int, share: int, cores: int) -> int:
+    """How many CPU devices to make: `requested` if > 0, else the largest count <= `cores` that divides
+    `share` (the batch size, or a sweep's number of runs), so that every device gets an equal part."""
+    if requested > 0:
+        return requested
+    return max(n for n in range(1, max(cores, 1) + 1) if share % n == 0)
+
+
+def use_cpu_devices(requested: int, share: int) -> int | None:
+    """Splits the host CPU into JAX devices, by default one per usable core (see `cpu_device_count`).
+
+    XLA runs the small matmuls of a batch-32 recurrence on one core; one device per core with the
+    batch split across them uses them all (`benchmarks/compare.py`). Must run before JAX starts its
+    backends; GPUs and TPUs are not affected (the CPU devices are then unused). Returns the count, or
+    None where the user already chose one through XLA_FLAGS or JAX_NUM_CPU_DEVICES, which win.
+    """
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") or os.environ.get(
+        "JAX_NUM_CPU_DEVICES"
+    ):
+        return None
+    n = cpu_device_count(requested, share, usable_cores())
+    jax.config.update("jax_num_cpu_devices", n)  # RuntimeError if a JAX computation already ran
+    return n
+
+
 def is_main_process() -> bool:
     return jax.process_index() == 0
 
@@ -57,6 +87,13 @@ def axis_sharding(mesh: Mesh, size: int, axis: int = 0) -> NamedSharding:
     if size % mesh.size == 0:
         return NamedSharding(mesh, P(*[None] * axis, AXIS))
     return NamedSharding(mesh, P())
+
+
+def split_batch_mesh(mesh: Mesh, batch_size: int) -> Mesh | None:
+    """`mesh` when a batch of `batch_size` is split over its devices (see `axis_sharding`), else None.
+
+    The train and eval steps take it to run each device's share and add up the results."""
+    return mesh if mesh.size > 1 and batch_size % mesh.size == 0 else None
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -1,5 +1,6 @@
 """The command line as a user meets it: --help, presets, clear errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from experiments.configs import base, pixel_mnist
+from irnn_jax import parallel
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -86,3 +88,22 @@ def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "done: step 3, test accuracy" in out.stdout
     assert (tmp_path / "checkpoints" / "3").is_dir()
+    # By default the CPU is split into one device per core, as many as divide the batch of 2.
+    expected = parallel.cpu_device_count(0, 2, parallel.usable_cores())
+    assert json.loads((tmp_path / "run.json").read_text())["sessions"][0]["devices"] == f"{expected} x cpu"
+
+
+def test_cpu_devices_flag_splits_the_batch(idx_dir, tmp_path):
+    out = _run(
+        f"--workdir={tmp_path}",
+        f"--config.data_dir={idx_dir}",
+        "--cpu_devices=3",
+        "--config.hidden_size=4",
+        "--config.num_train_steps=2",
+        "--config.batch_size=6",
+        "--config.eval_batch_size=30",
+        "--config.progress_bar=False",
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "run.json").read_text())["sessions"][0]["devices"] == "3 x cpu"
+    assert "3 device(s)" in out.stderr  # the loop's start-up line

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from irnn_jax import metrics, train
+from irnn_jax import metrics, parallel, train
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,13 +54,37 @@ def test_sweep_sharded_over_4_devices_equals_1_device(idx_dir, tmp_path):
     _assert_close(four, one)
 
 
-def test_single_run_data_parallel_over_4_devices(idx_dir, tmp_path):
-    # Batch 8 split 4 ways: the gradient is summed across devices, so equal up to
-    # float32 reduction order (rtol 1e-5).
-    overrides = dict(num_train_steps=8, batch_size=8)
+@pytest.mark.parametrize("batch_size", [8, 6])
+def test_single_run_data_parallel_over_4_devices(idx_dir, tmp_path, batch_size):
+    # Batch 8 split 4 ways (each device differentiates its 2 examples, one all-reduce sums them):
+    # equal up to float32 reduction order (rtol 1e-5), training and test metrics alike (the test
+    # batches of 20 are split too). Batch 6 does not divide: every device takes the whole batch.
+    overrides = dict(num_train_steps=8, batch_size=batch_size, eval_every_steps=4)
     four = _run_on(4, tmp_path / "four", idx_dir, **overrides)
-    one = _params_here(train.train_and_evaluate(tiny_config(idx_dir, **overrides), tmp_path / "one"))
-    _assert_close(four, one)
+    one_result = train.train_and_evaluate(tiny_config(idx_dir, **overrides), tmp_path / "one")
+    _assert_close(four, _params_here(one_result))
+    rows = metrics.read_rows(tmp_path / "four" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [4, 8]
+    for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "grad_norm"):
+        assert rows[-1][k] == pytest.approx(one_result.last_row[k], rel=1e-5), k
+
+
+def test_cpu_device_count_divides_the_batch():
+    assert parallel.cpu_device_count(0, share=32, cores=2) == 2
+    assert parallel.cpu_device_count(0, share=32, cores=3) == 2  # 3 does not divide 32
+    assert parallel.cpu_device_count(0, share=6, cores=4) == 3
+    assert parallel.cpu_device_count(0, share=7, cores=2) == 1
+    assert parallel.cpu_device_count(0, share=32, cores=1) == 1
+    assert parallel.cpu_device_count(5, share=32, cores=2) == 5  # asked for: as given
+
+
+def test_cpu_devices_leave_a_count_set_by_the_user(monkeypatch):
+    # Returns before touching JAX's config (which would raise here: JAX is running already).
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    assert parallel.use_cpu_devices(0, 32) is None
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv("JAX_NUM_CPU_DEVICES", "3")
+    assert parallel.use_cpu_devices(2, 32) is None
 
 
 @pytest.mark.parametrize("first,second", [(4, 1), (1, 2)])

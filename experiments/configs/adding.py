@@ -51,6 +51,7 @@ def get_config(preset: str = "irnn_150"):
     c.num_test_examples = 10_000  # generated test sequences
     c.data_seed = 0  # seed of the generated training and test sets
     c.cell = cell
+    c.recurrence = "scan" if cell == "lstm" else "fused"  # the custom-VJP recurrence where it applies
     c.hidden_size = 100
     c.optimizer = "adam"
     c.learning_rate = {150: 1e-4, 200: 1e-4, 300: 1e-5, 400: 1e-6}[int(length)]
