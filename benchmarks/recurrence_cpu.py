@@ -124,13 +124,47 @@ def profile(batch: int, unroll: int, reps: int) -> None:
         print(f"  {name:<46} {median:8.2f} ({fastest:7.2f})  {1e3 * median / T:7.1f} us/step", flush=True)
 
 
+def backward_forms(batch_sizes, reps: int) -> None:
+    """The two backward forms of "fused": dz for all steps then one large weight-gradient matmul,
+    against the weight gradients summed inside the loop (recurrence.IN_LOOP_FROM_BATCH)."""
+    rng = np.random.default_rng(0)
+    print(f"\nfused backward at batch B (one device), {T} steps, hidden {H}: median (min) ms")
+    for batch in batch_sizes:
+        x_TxBxC = jnp.asarray(rng.uniform(0, 1, (T, batch, C)), jnp.float32)
+        h_prev_TxBxH = jnp.asarray(np.maximum(rng.normal(0, 0.1, (T, batch, H)), 0), jnp.float32)
+        dh_BxH = jnp.asarray(rng.normal(0, 1, (batch, H)), jnp.float32)
+        w_in_CxH = jnp.asarray(rng.normal(0, 0.001, (C, H)), jnp.float32)
+        w_HxH = jnp.asarray(np.eye(H) + rng.normal(0, 0.01, (H, H)), jnp.float32)
+        args = (h_prev_TxBxH, h_prev_TxBxH[-1], dh_BxH, w_HxH)
+
+        def after_loop(h_prev, h_last, dh, w):
+            dz = recurrence._xla_backward(h_prev, h_last, dh, w, "relu", 1).reshape(-1, H)
+            return h_prev.reshape(-1, H).T @ dz, x_TxBxC.reshape(-1, C).T @ dz, dz.sum(0)
+
+        def in_loop(h_prev, h_last, dh, w):
+            grads, _ = recurrence._xla_backward_accumulate(x_TxBxC, h_prev, h_last, dh, w_in_CxH, w, "relu", 1)
+            return grads
+
+        calls = {name: functools.partial(jax.jit(f), *args) for name, f in (("after", after_loop), ("in", in_loop))}
+        times = time_ms(calls, reps)
+        print(
+            f"  B={batch:<5} weight gradients after the loop {times['after'][0]:8.1f} ({times['after'][1]:7.1f})"
+            f"   inside the loop {times['in'][0]:8.1f} ({times['in'][1]:7.1f})",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", default="32,256,1024")
     parser.add_argument("--unrolls", default="1,2,4,8,16")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     args = parser.parse_args()
+    if args.backward:
+        backward_forms([16, 64, 128, 256, 512], args.reps)
+        return
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
     table([int(b) for b in args.batch_sizes.split(",")], [int(u) for u in args.unrolls.split(",")], args.reps)
     if args.profile:

@@ -75,6 +75,7 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             train.validate_config(config)
             share = len(sweep.expand(config)) if config.sweep else config.batch_size
             parallel.use_cpu_devices(cpu_devices_flag.value, share)
+            parallel.maybe_initialize_distributed()  # before anything starts JAX's backends
             record_session(Path(workdir), experiment, config)
             result = train.train_and_evaluate(config, workdir)
         except (train.ConfigError, data.DataError, checkpoint.CheckpointMismatchError, train.DivergenceError) as e:

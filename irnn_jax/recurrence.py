@@ -6,13 +6,16 @@ classifier reads; `params` holds `kernel` (C,H), `recurrent_kernel` (H,H), `bias
 
 * "scan": `lax.scan` of the cell as written; the reference, same semantics as the model's
   `nn.scan`; its gradient is whatever JAX's autodiff of the scan produces.
-* "fused": a `custom_vjp` that takes the work that is not sequential out of the loops: the input
-  projection is one (T*B, C) @ (C, H) matmul before the forward loop (bias added there); the
-  forward loop carries h and saves h_0..h_{T-1} (time-major, nothing else); the backward loop
-  carries dh (and h_t, to read act'(z_t) off it) and emits dz_t = dh_t * act'(z_t); dW_rec, dW_in,
-  db and dx are then single large matmuls/sums over all T*B rows. On the 2-core CPU it is ~6%
-  slower than "scan" at batch 32 and ~25% slower at 256 to 1024 (same FLOPs, more (T, B, H)
-  buffers; `benchmarks/recurrence_cpu.py`): it is meant for accelerators, "scan" stays the CPU choice.
+* "fused": a `custom_vjp` that carries only the sequential work through its loops. At small
+  batches (per device, below IN_LOOP_FROM_BATCH) the input projection is one (T*B, C) @ (C, H)
+  matmul before the forward loop (bias added there); the forward loop carries h and saves
+  h_0..h_{T-1} (time-major, nothing else); the backward loop carries dh (and h_t, to read
+  act'(z_t) off it) and emits dz_t = dh_t * act'(z_t); dW_rec, dW_in, db and dx are then single
+  large matmuls/sums over all T*B rows. At large batches those (T, B, H) temporaries no longer
+  fit in cache and streaming them through memory costs more than it saves, so the projection and
+  the weight-gradient sums move into the loops, one (B, H) slab per step while it is in cache.
+  On the 2-core CPU, in the training loop: 1.3x "scan" at batch 32, equal at 256 and 1024
+  (README, Performance). The pixel-MNIST and adding presets use it.
 * "pallas": the same custom_vjp with both loops as Pallas kernels (`irnn_jax/pallas_rnn.py`) that
   keep W_rec on chip for all T steps ("persistent RNN"). Interpret mode on CPU.
 
@@ -35,11 +38,13 @@ ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 # against >= 9 us for the step's matmul, so unrolling can save at most ~3%, and it adds compile time.
 DEFAULT_UNROLL = 1
 
-# From this batch size (per device) the "fused" backward sums the weight gradients inside its loop
-# instead of emitting dz and doing one large matmul after it. Per-device batch, one CPU core
-# (`python -m benchmarks.recurrence_cpu --backward`): 16: 8.4 ms after the loop vs 15.1 ms inside;
-# 128: 68.7 vs 66.6; 512: 267 vs 143 (the large matmul streams two (T, B, H) arrays from memory).
-ACCUMULATE_FROM_BATCH = 128
+# From this batch size (per device) "fused" projects the inputs and sums the weight gradients
+# inside its loops instead of with one large matmul before / after them. One CPU core
+# (`python -m benchmarks.recurrence_cpu --backward`), backward loop + weight gradients, ms:
+# batch 16: 10.4 after the loop, 16.1 inside; 64: 38.9, 38.9; 128: 87.4, 71.3; 256: 181, 155;
+# 512: 278, 200. The forward's hoisted projection writes and reads one more (T, B, H) array: at
+# batch 1024 on 2 devices the training step took 530-560 ms with it, 402 ms with both in the loops.
+IN_LOOP_FROM_BATCH = 128
 
 
 def act_grad_from_state(activation: str, h: jax.Array) -> jax.Array:
@@ -78,15 +83,18 @@ def scan_final_state(params: dict, x_BxTxC: jax.Array, activation: str) -> jax.A
 # (a copy of a (T, B, H) array); the backward carries h_t next to dh to read act'(z_t) off it.
 
 
-def _xla_forward(zx_TxBxH, w_rec_HxH, activation, unroll, keep_states):
-    """h_T, and with keep_states also h_0..h_{T-1} as (T, B, H)."""
+def _xla_forward(xs_TxBxK, project, w_rec_HxH, activation, unroll, keep_states):
+    """h_T, and with keep_states also h_0..h_{T-1} as (T, B, H).
+
+    Step t reads `project(xs[t])` as its input term x_t W_in + b: either xs holds those terms,
+    computed before the loop (project is the identity), or xs is x and the step projects it."""
     act = ACTIVATIONS[activation]
 
-    def step(h_BxH, zx_BxH):
-        return act(zx_BxH + h_BxH @ w_rec_HxH), (h_BxH if keep_states else None)
+    def step(h_BxH, xs_BxK):
+        return act(project(xs_BxK) + h_BxH @ w_rec_HxH), (h_BxH if keep_states else None)
 
-    h0_BxH = jnp.zeros(zx_TxBxH.shape[1:], zx_TxBxH.dtype)
-    h_last_BxH, h_prev_TxBxH = jax.lax.scan(step, h0_BxH, zx_TxBxH, unroll=unroll)
+    h0_BxH = jnp.zeros((xs_TxBxK.shape[1], w_rec_HxH.shape[0]), w_rec_HxH.dtype)
+    h_last_BxH, h_prev_TxBxH = jax.lax.scan(step, h0_BxH, xs_TxBxK, unroll=unroll)
     return (h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
 
 
@@ -109,8 +117,8 @@ def _xla_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH
 
     The same sums as `_custom_bwd`'s matmuls after the loop, one (B, H) slab per step while it is
     still in cache, and no (T, B, H) dz array. Slower than one large matmul at small batches (more
-    loop work per step), faster at large ones (no pass over two (T, B, H) arrays in memory); see
-    ACCUMULATE_FROM_BATCH."""
+    loop work per step), faster at large ones (no pass over two (T, B, H) arrays in memory); the
+    large-batch form, see IN_LOOP_FROM_BATCH."""
     w_rec_t_HxH, w_in_t_HxC = w_rec_HxH.T, w_in_CxH.T
     h = w_rec_HxH.shape[0]
 
@@ -135,20 +143,19 @@ def _xla_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH
     return grads, jnp.swapaxes(dx_TxBxC, 0, 1)
 
 
-def _input_projection(params, x_BxTxC):
+def _forward(loops, activation, unroll, params, x_BxTxC, keep_states):
     # Time-major so each loop step reads one contiguous (B, H) slab; with C = 1 the transpose of x
     # is cheap, while transposing (B, T, H) arrays would cost a full copy.
     x_TxBxC = jnp.swapaxes(x_BxTxC, 0, 1)
-    zx_TxBxH = jnp.einsum("tbc,ch->tbh", x_TxBxC, params["kernel"]) + params["bias"]
-    return x_TxBxC, zx_TxBxH
-
-
-def _forward(loops, activation, unroll, params, x_BxTxC, keep_states):
-    x_TxBxC, zx_TxBxH = _input_projection(params, x_BxTxC)
+    project = lambda x: jnp.einsum("...c,ch->...h", x, params["kernel"]) + params["bias"]  # noqa: E731
+    w_rec_HxH = params["recurrent_kernel"]
     if loops == "pallas":
-        h_prev_TxBxH, h_last_BxH = pallas_rnn.forward(zx_TxBxH, params["recurrent_kernel"], ACTIVATIONS[activation])
+        h_prev_TxBxH, h_last_BxH = pallas_rnn.forward(project(x_TxBxC), w_rec_HxH, ACTIVATIONS[activation])
         return (x_TxBxC, h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
-    out = _xla_forward(zx_TxBxH, params["recurrent_kernel"], activation, unroll, keep_states)
+    if x_BxTxC.shape[0] >= IN_LOOP_FROM_BATCH:  # project x one step at a time, in the loop
+        out = _xla_forward(x_TxBxC, project, w_rec_HxH, activation, unroll, keep_states)
+    else:  # all T steps' input terms in one matmul before the loop
+        out = _xla_forward(project(x_TxBxC), lambda zx: zx, w_rec_HxH, activation, unroll, keep_states)
     return (x_TxBxC, *out) if keep_states else out
 
 
@@ -167,7 +174,7 @@ def _custom_fwd(loops, activation, unroll, params, x_BxTxC):
 def _custom_bwd(loops, activation, unroll, residuals, dh_BxH):
     x_TxBxC, h_prev_TxBxH, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
     act_grad = functools.partial(act_grad_from_state, activation)
-    if loops == "xla" and dh_BxH.shape[0] >= ACCUMULATE_FROM_BATCH:
+    if loops == "xla" and dh_BxH.shape[0] >= IN_LOOP_FROM_BATCH:
         return _xla_backward_accumulate(
             x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll
         )

@@ -82,9 +82,9 @@ def test_fused_matches_scan_over_784_pixels(activation):
 
 @pytest.mark.parametrize("w_rec", ["identity", "random"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_fused_summing_weight_gradients_in_the_loop_matches_scan(monkeypatch, activation, w_rec):
-    """The large-batch backward (weight gradients summed inside the loop), switched on for B = 3."""
-    monkeypatch.setattr(recurrence, "ACCUMULATE_FROM_BATCH", 3)
+def test_fused_large_batch_form_matches_scan(monkeypatch, activation, w_rec):
+    """The large-batch form (input projection and weight gradients inside the loops), on for B = 3."""
+    monkeypatch.setattr(recurrence, "IN_LOOP_FROM_BATCH", 3)
     x_BxTxC = jnp.asarray(np.random.default_rng(1).normal(size=(3, 12, 2)), jnp.float32)
     check_against_scan("fused", activation, make_params(2, 5, w_rec, seed=2), x_BxTxC, rtol=1e-5)
 
