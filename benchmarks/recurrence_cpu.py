@@ -135,14 +135,14 @@ def backward_forms(batch_sizes, reps: int) -> None:
         dh_BxH = jnp.asarray(rng.normal(0, 1, (batch, H)), jnp.float32)
         w_in_CxH = jnp.asarray(rng.normal(0, 0.001, (C, H)), jnp.float32)
         w_HxH = jnp.asarray(np.eye(H) + rng.normal(0, 0.01, (H, H)), jnp.float32)
-        args = (h_prev_TxBxH, h_prev_TxBxH[-1], dh_BxH, w_HxH)
+        args = (x_TxBxC, h_prev_TxBxH, h_prev_TxBxH[-1], dh_BxH, w_in_CxH, w_HxH)
 
-        def after_loop(h_prev, h_last, dh, w):
+        def after_loop(x, h_prev, h_last, dh, w_in, w):
             dz = recurrence._xla_backward(h_prev, h_last, dh, w, "relu", 1).reshape(-1, H)
-            return h_prev.reshape(-1, H).T @ dz, x_TxBxC.reshape(-1, C).T @ dz, dz.sum(0)
+            return h_prev.reshape(-1, H).T @ dz, x.reshape(-1, C).T @ dz, dz.sum(0)
 
-        def in_loop(h_prev, h_last, dh, w):
-            grads, _ = recurrence._xla_backward_accumulate(x_TxBxC, h_prev, h_last, dh, w_in_CxH, w, "relu", 1)
+        def in_loop(x, h_prev, h_last, dh, w_in, w):
+            grads, _ = recurrence._xla_backward_accumulate(x, h_prev, h_last, dh, w_in, w, "relu", 1)
             return grads
 
         calls = {name: functools.partial(jax.jit(f), *args) for name, f in (("after", after_loop), ("in", in_loop))}
