@@ -1,18 +1,19 @@
 """CPU time of one forward+backward pass of the pixel-MNIST IRNN, per `recurrence.final_state` option.
 
     python -m benchmarks.recurrence_cpu              # the table: scan, and fused per unroll
-    python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 32 and 256
+    python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 16 and 512
+    python -m benchmarks.recurrence_cpu --backward   # only: fused's two backward forms, batch 16 to 512
 
 The step is value_and_grad of softmax cross-entropy of a Dense(10) head on h_T (hidden 100, T = 784,
 C = 1), w.r.t. all parameters, jitted; reported is the median of `--reps` timed calls after two
 warm-up calls. "pallas" is left out: on CPU it runs in interpret mode, which is not meant to be fast.
 
-Measured (jax 0.10.2, 2-core AMD EPYC VM shared with other jobs: +-10% at best), ms per step:
-batch 32: scan 33.7, fused 35.8 (unroll 1) to 37.2 (unroll 16); batch 256: scan 317, fused 405;
-batch 1024: scan 1263, fused 1669. On this CPU "fused" does not beat autodiff of the scan: both do
-the same matmul FLOPs, which bound batch 32 (a loop step costs 0.3 us, its matmul 9.5 us), and
-fused keeps three fresh (T, B, H) arrays instead of about 1.25, whose page faults dominate from
-batch 256 (a new 80 MB array costs 56 ms to write, 9 ms to read).
+One device, one core's matmuls: the batch here is what each device sees when the command line
+splits a batch over cores (batch 32 on 2 cores: 16). Measured (jax 0.10.2, 2-core AMD EPYC), ms:
+batch 16: scan 21.8, fused 16.6 (unroll 1) / 14.3 (unroll 2; no difference in the real training
+step, so the default stays 1). --profile at batch 16: fused 15.5 = forward loop 5.1 + backward
+loop 5.6 + dW_rec matmul 3.4 + 1.3 other; a bare chain of 784 dependent (16,100)@(100,100)
+matmuls takes 4.0 (63 GFLOP/s), an empty loop step 0.3 us. At batch 512, fused 353, scan 388.
 """
 
 import argparse
@@ -90,8 +91,9 @@ def profile(batch: int, unroll: int, reps: int) -> None:
     rng = np.random.default_rng(0)
     zx_TxBxH = jnp.asarray(rng.normal(0, 0.1, (T, batch, H)), jnp.float32)
     w_HxH = jnp.asarray(np.eye(H) + rng.normal(0, 0.01, (H, H)), jnp.float32)
-    fwd = jax.jit(functools.partial(recurrence._xla_forward, activation="relu", unroll=unroll, keep_states=True))
-    last = jax.jit(functools.partial(recurrence._xla_forward, activation="relu", unroll=unroll, keep_states=False))
+    # The small-batch form: the input terms zx computed before the loop (identity projection).
+    fwd = jax.jit(lambda zx, w: recurrence._xla_forward(zx, lambda z: z, w, "relu", unroll, keep_states=True))
+    last = jax.jit(lambda zx, w: recurrence._xla_forward(zx, lambda z: z, w, "relu", unroll, keep_states=False))
     bwd = jax.jit(functools.partial(recurrence._xla_backward, activation="relu", unroll=unroll))
     h_prev_TxBxH, h_last_BxH = fwd(zx_TxBxH, w_HxH)
     n = T * batch
@@ -160,6 +162,7 @@ def main() -> None:
     parser.add_argument("--unrolls", default="1,2,4,8,16")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile_batches", default="16,512", help="batch sizes to --profile (per device)")
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     args = parser.parse_args()
     if args.backward:
@@ -168,8 +171,8 @@ def main() -> None:
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
     table([int(b) for b in args.batch_sizes.split(",")], [int(u) for u in args.unrolls.split(",")], args.reps)
     if args.profile:
-        profile(32, recurrence.DEFAULT_UNROLL, args.reps)
-        profile(256, recurrence.DEFAULT_UNROLL, args.reps)
+        for batch in (int(b) for b in args.profile_batches.split(",")):
+            profile(batch, recurrence.DEFAULT_UNROLL, args.reps)
 
 
 if __name__ == "__main__":

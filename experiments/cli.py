@@ -85,9 +85,8 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             print(f"stopped by signal at step {result.step}; run the same command to resume", file=sys.stderr)
         elif result.last_row is not None:
             row = result.last_row
-            print(
-                f"done: step {row['step']}, test accuracy {row['test_accuracy']:.4f}, test loss {row['test_loss']:.4f}"
-            )
+            accuracy = f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
+            print(f"done: step {row['step']}{accuracy}, test loss {row['test_loss']:.4f}")
         else:
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 

@@ -33,9 +33,10 @@ from irnn_jax import pallas_rnn
 RECURRENCES = ("scan", "fused", "pallas")
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
-# lax.scan unroll of the fused loops. On a 2-core CPU (benchmarks/recurrence_cpu.py, hidden 100,
-# batch 32 to 1024) unrolls 1 to 16 ran within noise of each other: an empty loop step costs 0.3 us
-# against >= 9 us for the step's matmul, so unrolling can save at most ~3%, and it adds compile time.
+# lax.scan unroll of the fused loops. On a 2-core CPU (hidden 100): an empty loop step costs 0.3 us
+# against 5 us for the matmul of a batch-16 step; unroll 2 sped the bare value_and_grad at batch 16
+# up from 16.6 to 14.3 ms (`benchmarks/recurrence_cpu.py`), but the training step at batch 32 on
+# 2 devices took 16.3-17.0 ms with unroll 1 and 16.4-17.6 with unroll 2, so it stays 1.
 DEFAULT_UNROLL = 1
 
 # From this batch size (per device) "fused" projects the inputs and sums the weight gradients

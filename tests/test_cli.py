@@ -1,6 +1,7 @@
 """The command line as a user meets it: --help, presets, clear errors."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,9 @@ from irnn_jax import parallel
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=120, experiment="pixel_mnist"):
     return subprocess.run(
-        [sys.executable, "-m", "experiments.pixel_mnist", *args],
+        [sys.executable, "-m", f"experiments.{experiment}", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -107,3 +108,20 @@ def test_cpu_devices_flag_splits_the_batch(idx_dir, tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "run.json").read_text())["sessions"][0]["devices"] == "3 x cpu"
     assert "3 device(s)" in out.stderr  # the loop's start-up line
+
+
+def test_adding_reports_its_test_loss_at_the_end(tmp_path):
+    # A regression task: the closing line has a test loss and no accuracy.
+    out = _run(
+        f"--workdir={tmp_path}",
+        "--config.sequence_length=6",
+        "--config.num_train_examples=64",
+        "--config.num_test_examples=32",
+        "--config.eval_batch_size=32",
+        "--config.hidden_size=4",
+        "--config.num_train_steps=3",
+        "--config.progress_bar=False",
+        experiment="adding",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"^done: step 3, test loss \d+\.\d{4}$", out.stdout, re.MULTILINE), out.stdout

@@ -25,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
     c.head_sizes = ()  # dense layers between the last state and the logits
     c.head_activation = "sigmoid"
-    c.recurrence = "scan"  # implementation of the recurrence; same results to float32 tolerance
+    c.recurrence = "scan"  # scan (nn.scan, any cell) | fused | pallas (simple RNNs); same results to float32 tolerance
 
     # Optimiser.
     c.optimizer = "rmsprop"  # rmsprop | adam | sgd, with Keras constants
