@@ -106,23 +106,29 @@ def test_checkpoint_restores_on_another_device_count(idx_dir, tmp_path, first, s
     _assert_close(straight, resumed)  # device counts differ: float32 tolerance
 
 
-def test_two_processes_on_localhost(idx_dir, tmp_path):
-    """Multi-host: two processes joined by jax.distributed (CPU, gloo), the sweep's
-    runs sharded across them; only process 0 writes metrics."""
+def _two_processes(cmd: list[str]) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
+    """Runs `cmd` as processes 0 and 1 of a jax.distributed job on localhost; waits for both."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    work = tmp_path / "two"
-    cmd = [sys.executable, "-m", "tests.multidevice_run", str(work), str(idx_dir), json.dumps(SWEEP)]
     procs = [
         subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(
             os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
         for i in range(2)
     ]  # fmt: skip
-    outs = [p.communicate(timeout=300) for p in procs]
+    return procs, [p.communicate(timeout=300) for p in procs]
+
+
+def test_two_processes_on_localhost(idx_dir, tmp_path):
+    """Multi-host: two processes joined by jax.distributed (CPU, gloo), the sweep's
+    runs sharded across them; only process 0 writes metrics."""
+    work = tmp_path / "two"
+    procs, outs = _two_processes(
+        [sys.executable, "-m", "tests.multidevice_run", str(work), str(idx_dir), json.dumps(SWEEP)]
+    )
     for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         info = json.loads(out.strip().splitlines()[-1])
@@ -132,3 +138,19 @@ def test_two_processes_on_localhost(idx_dir, tmp_path):
     _assert_close({k: params[k] for k in params.files}, one)
     rows = [r["step"] for r in metrics.read_rows(work / "runs" / "000_seed=0" / "metrics.jsonl")]
     assert rows == [5, 8]  # written once, by process 0
+
+
+def test_two_processes_from_the_command_line(idx_dir, tmp_path):
+    """The README's two-process command: each process joins jax.distributed before anything
+    starts JAX (and splits its own CPU into devices), the batch is split over all of them."""
+    cmd = [
+        sys.executable, "-m", "experiments.pixel_mnist", f"--workdir={tmp_path}", f"--config.data_dir={idx_dir}",
+        "--cpu_devices=2", "--config.hidden_size=4", "--config.batch_size=4", "--config.num_train_steps=4",
+        "--config.eval_every_steps=2", "--config.eval_batch_size=20", "--config.progress_bar=False",
+    ]  # fmt: skip
+    procs, outs = _two_processes(cmd)
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        assert "done: step 4" in out
+        assert "4 device(s), 2 process(es)" in err
+    assert [r["step"] for r in metrics.read_rows(tmp_path / "metrics.jsonl")] == [2, 4]  # written once
