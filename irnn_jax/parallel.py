@@ -96,6 +96,19 @@ def split_batch_mesh(mesh: Mesh, batch_size: int) -> Mesh | None:
     return mesh if mesh.size > 1 and batch_size % mesh.size == 0 else None
 
 
+def sum_over_batch_shards(fn, mesh: Mesh):
+    """fn(replicated, batch) run by each device on its share of the batch (axis 0 split over `mesh`),
+    the results summed over devices with one all-reduce: data parallelism written out.
+
+    `fn` may itself call `jax.lax.psum(..., AXIS)`, e.g. for the whole batch's example count. Its
+    outputs are per-device partial sums until the final psum, hence check_vma=False."""
+
+    def local(replicated_args, batch):
+        return jax.lax.psum(fn(replicated_args, batch), AXIS)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -48,6 +48,11 @@ DEFAULT_UNROLL = 1
 IN_LOOP_FROM_BATCH = 128
 
 
+def _in_loop(batch_size: int) -> bool:
+    """The large-batch form of "fused": input projection and weight gradients inside the loops."""
+    return batch_size >= IN_LOOP_FROM_BATCH
+
+
 def act_grad_from_state(activation: str, h: jax.Array) -> jax.Array:
     """act'(z) written in terms of h = act(z), so the forward pass only has to keep the states."""
     if activation == "relu":
@@ -153,7 +158,7 @@ def _forward(loops, activation, unroll, params, x_BxTxC, keep_states):
     if loops == "pallas":
         h_prev_TxBxH, h_last_BxH = pallas_rnn.forward(project(x_TxBxC), w_rec_HxH, ACTIVATIONS[activation])
         return (x_TxBxC, h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
-    if x_BxTxC.shape[0] >= IN_LOOP_FROM_BATCH:  # project x one step at a time, in the loop
+    if _in_loop(x_BxTxC.shape[0]):  # project x one step at a time, in the loop
         out = _xla_forward(x_TxBxC, project, w_rec_HxH, activation, unroll, keep_states)
     else:  # all T steps' input terms in one matmul before the loop
         out = _xla_forward(project(x_TxBxC), lambda zx: zx, w_rec_HxH, activation, unroll, keep_states)
@@ -175,7 +180,7 @@ def _custom_fwd(loops, activation, unroll, params, x_BxTxC):
 def _custom_bwd(loops, activation, unroll, residuals, dh_BxH):
     x_TxBxC, h_prev_TxBxH, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
     act_grad = functools.partial(act_grad_from_state, activation)
-    if loops == "xla" and dh_BxH.shape[0] >= IN_LOOP_FROM_BATCH:
+    if loops == "xla" and _in_loop(dh_BxH.shape[0]):
         return _xla_backward_accumulate(
             x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll
         )

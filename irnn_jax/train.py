@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
-from jax.sharding import PartitionSpec as P
 
 from irnn_jax import data as data_lib
 from irnn_jax import model as model_lib
@@ -201,14 +200,10 @@ def batch_gradients(params, apply_fn, batch: dict, loss_fn, mesh=None):
     if mesh is None:
         return grad_fn(params, apply_fn, batch)
 
-    def local(params, batch):
-        total = jax.lax.psum(batch["mask"].sum(), parallel.AXIS)
-        return jax.lax.psum(grad_fn(params, apply_fn, batch, total), parallel.AXIS)
+    def share(params, batch):  # this device's part of the batch, divided by the whole batch's count
+        return grad_fn(params, apply_fn, batch, jax.lax.psum(batch["mask"].sum(), parallel.AXIS))
 
-    # check_vma=False: the gradients are per-device partial sums until the explicit psum.
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(), check_vma=False)(
-        params, batch
-    )
+    return parallel.sum_over_batch_shards(share, mesh)(params, batch)
 
 
 def train_step(state: TrainState, batch: dict, loss_fn, mesh=None) -> TrainState:
@@ -246,10 +241,7 @@ def eval_step(params, batch: dict, apply_fn, loss_fn, mesh=None) -> jax.Array:
 
     if mesh is None:
         return sums(params, batch)
-    local = lambda params, batch: jax.lax.psum(sums(params, batch), parallel.AXIS)  # noqa: E731
-    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(parallel.AXIS)), out_specs=P(), check_vma=False)(
-        params, batch
-    )
+    return parallel.sum_over_batch_shards(sums, mesh)(params, batch)
 
 
 def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn, mesh=None) -> TrainState:
