@@ -130,10 +130,31 @@ def record_session(workdir: Path, experiment: str, config) -> None:
             "jax": jax.__version__,
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **code_version(),
         }
     )
     workdir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(info, indent=1, default=list) + "\n")
+
+
+def code_version() -> dict:
+    """{'git_commit': sha, 'git_dirty': bool} of the checkout the code runs from (empty if none)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if sha.returncode != 0:
+        return {}
+    return {"git_commit": sha.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
 
 
 def _is_literal(text: str) -> bool:
