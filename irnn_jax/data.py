@@ -248,15 +248,19 @@ def pixel_permutation(seed: int) -> np.ndarray:
 def make_sequence_fn(config):
     """Returns f(batch inputs) -> float32 sequences B x T x C, run inside jit.
 
-    Images travel to the device as uint8 and become [0, 1] floats there.
+    Images travel to the device as uint8 and become floats there: (x / 255 - input_mean) / input_std.
     """
     steps, width = sequence_shape(config)
     if config.task == "adding":
         return lambda x: x.astype(jnp.float32)
     perm = jnp.asarray(pixel_permutation(config.permutation_seed)) if config.task == "permuted" else None
 
+    mean, std = config.get("input_mean", 0.0), config.get("input_std", 1.0)
+
     def to_sequences(images):
         x = images.astype(jnp.float32) / 255.0
+        if (mean, std) != (0.0, 1.0):
+            x = (x - mean) / std
         x = x.reshape(x.shape[0], steps * width)  # row-major, as image.reshape(784, 1)
         if perm is not None:
             x = x[:, perm]

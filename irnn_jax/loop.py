@@ -128,9 +128,9 @@ def run(config, workdir: Path) -> RunResult:
     mesh = parallel.make_mesh()
 
     if stacked:
-        state = sweep_lib.create_state(run_configs, train_lib.create_state)
+        state = sweep_lib.create_state(run_configs, lambda c: train_lib.create_state(c, num_steps))
     else:
-        state = train_lib.create_state(config)
+        state = train_lib.create_state(config, num_steps)
     state = parallel.put_state(state, mesh, stacked)
     shapes = ckpt_lib.param_shapes(state.params)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)

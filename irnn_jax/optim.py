@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
+SCHEDULES = ("constant", "cosine")
 
 
 class KerasAdamState(NamedTuple):
@@ -77,13 +78,35 @@ def _factory(name: str):
     return make
 
 
-def make_optimizer(name: str, learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
-    """Global-norm clipping (off when clip_norm is 0), then the Keras-exact optimiser."""
-    return optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
+def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
+    """step -> multiplier of the learning rate: 1 (constant), or a linear warm-up from 0 over
+    `warmup_steps` then a cosine from 1 to 0 at `total_steps` (cosine)."""
+    if schedule == "constant":
+        return None
+    if schedule != "cosine":
+        raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if total_steps < 1:
+        raise ValueError(f"a cosine schedule needs the run's length in steps, got {total_steps!r}")
+    return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, max(total_steps, warmup_steps + 1), 0.0)
+
+
+def make_optimizer(
+    name: str, learning_rate: float, clip_norm: float, schedule: str = "constant", total_steps: int = 0,
+    warmup_steps: int = 0,
+) -> optax.GradientTransformation:  # fmt: skip
+    """Global-norm clipping (off when clip_norm is 0), then the Keras-exact optimiser.
+
+    A non-constant `schedule` multiplies the update by its factor at each step; the learning
+    rate stays an injected hyperparameter, so sweep runs share the schedule's shape."""
+    opt = optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
+    factor = schedule_factor(schedule, total_steps, warmup_steps)
+    return opt if factor is None else optax.chain(opt, optax.scale_by_schedule(factor))
 
 
 def with_hyperparams(opt_state, learning_rate: float, clip_norm: float):
     """The same optimiser state with other injected values (for sweep runs)."""
+    if isinstance(opt_state, tuple) and not hasattr(opt_state, "hyperparams"):  # (injected, schedule)
+        return (with_hyperparams(opt_state[0], learning_rate, clip_norm), *opt_state[1:])
     hp = dict(opt_state.hyperparams)
     hp["learning_rate"] = jnp.asarray(learning_rate, hp["learning_rate"].dtype)
     hp["clip_norm"] = jnp.asarray(clip_norm, hp["clip_norm"].dtype)

@@ -55,6 +55,15 @@ def validate_config(config) -> None:
         f"recurrence {c.recurrence!r} needs a simple RNN cell, not lstm; set recurrence to 'scan' for the lstm",
     )
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
+    need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")
+    need(
+        isinstance(c.warmup_steps, int) and c.warmup_steps >= 0,
+        f"warmup_steps must be an integer >= 0, got {c.warmup_steps!r}",
+    )
+    need(
+        math.isfinite(c.input_std) and c.input_std > 0 and math.isfinite(c.input_mean),
+        f"input_std must be > 0 and input_mean finite, got {c.input_std!r}, {c.input_mean!r}",
+    )
     need(
         c.head_activation in model_lib.HEAD_ACTIVATIONS,
         f"head_activation must be one of {tuple(model_lib.HEAD_ACTIVATIONS)}, got {c.head_activation!r}",
@@ -145,17 +154,22 @@ def build_model(config) -> model_lib.SequenceClassifier:
     )
 
 
-def create_state(config) -> TrainState:
-    """Initial parameters (from `config.seed`) and optimiser state."""
+def create_state(config, num_steps: int = 0) -> TrainState:
+    """Initial parameters (from `config.seed`) and optimiser state; `num_steps`: the run's
+    length, which a learning-rate schedule other than constant needs."""
     model = build_model(config)
     steps, width = data_lib.sequence_shape(config)
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, steps, width), jnp.float32))["params"]
-    return TrainState.create(apply_fn=model.apply, params=params, tx=make_optimizer(config), sums=zero_sums())
+    tx = make_optimizer(config, num_steps)
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, sums=zero_sums())
 
 
-def make_optimizer(config):
-    """`optim.make_optimizer` for a config's optimizer, learning_rate and clip_norm."""
-    return optim.make_optimizer(config.optimizer, config.learning_rate, config.clip_norm)
+def make_optimizer(config, num_steps: int = 0):
+    """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
+    return optim.make_optimizer(
+        config.optimizer, config.learning_rate, config.clip_norm, config.get("lr_schedule", "constant"),
+        num_steps, config.get("warmup_steps", 0),
+    )  # fmt: skip
 
 
 def make_loss_fn(config):

@@ -17,6 +17,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "pixel"  # pixel: 784 x 1 | permuted: fixed pixel permutation | row: 28 x 28
     c.permutation_seed = 0  # seed of the fixed permutation of the permuted task
     c.shuffle = True  # False: take the training set in order, wrapping around
+    c.input_mean = 0.0  # pixels enter as (x / 255 - input_mean) / input_std
+    c.input_std = 1.0
 
     # Model.
     c.cell = "irnn"  # irnn | rnn_relu | rnn_tanh | lstm
@@ -31,6 +33,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = "rmsprop"  # rmsprop | adam | sgd, with Keras constants
     c.learning_rate = 1e-6
     c.clip_norm = 1.0  # global-norm clipping; 0 turns it off
+    c.lr_schedule = "constant"  # constant | cosine: warm-up, then cosine decay to 0 at the last step
+    c.warmup_steps = 0  # linear warm-up of the cosine schedule
 
     # Length of the run.
     c.batch_size = 32
