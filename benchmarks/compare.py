@@ -32,7 +32,9 @@ from benchmarks.frameworks import INPUTS, SEQ_LEN, _cores
 ROOT = Path(__file__).resolve().parent.parent
 # Packages each framework's runner imports; a framework with any of them missing is skipped.
 REQUIREMENTS = {"jax": ("jax", "flax"), "keras": ("keras", "tensorflow"), "torch": ("torch",)}
-FLOP_NOTE = "forward + backward = 3 x forward, as in REFERENCE.md: 784 x (2x100x100 + 2x100) x 3"
+# The workload's arithmetic (the project brief's physical figures): forward 784 x (2x100x100 + 2x100)
+# FLOP per sample, and the backward pass twice the forward.
+FLOP_NOTE = "forward + backward = 3 x forward: 784 x (2x100x100 + 2x100) x 3"
 
 
 def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS) -> int:

@@ -73,7 +73,7 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
     import jax
 
     from experiments.configs import pixel_mnist
-    from irnn_jax import loop, parallel, train
+    from irnn_jax import data, loop, parallel
 
     devices = parallel.use_cpu_devices(spec.get("cpu_devices", 0), spec["batch"])
     dev = jax.devices()[0]
@@ -82,20 +82,14 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
     config.batch_size, config.hidden_size = spec["batch"], spec["hidden"]
     if spec["recurrence"]:
         config.recurrence = spec["recurrence"]
-    train.validate_config(config)
-    mesh = parallel.make_mesh()
-    state = parallel.put_state(train.create_state(config), mesh, stacked=False)
-    chunk_fn, _, _ = loop.compile_steps(config, state.apply_fn, mesh, stacked=False)
-    images, labels = synthetic_batch(spec["batch"])
-    train_data = parallel.put_replicated({"inputs": images, "targets": labels}, mesh)
-    steps, batch = spec["steps"], spec["batch"]
-    sharding = parallel.axis_sharding(mesh, batch, axis=1)
-    idx, mask = np.tile(np.arange(batch, dtype=np.int32), (steps, 1)), np.ones((steps, batch), np.float32)
-    idx, mask = parallel.put((idx, mask), (sharding, sharding))
-    holder = [state]
+    split = data.Split(*synthetic_batch(spec["batch"]))  # a training set of one batch: each step takes all of it
+    s = loop.setup(config, dataset=data.Dataset("synthetic", split, split, source="synthetic"))
+    mesh, steps = s.mesh, spec["steps"]
+    idx, mask = s.train_indices(0, steps)
+    holder = [s.state]
 
     def step():
-        holder[0] = chunk_fn(holder[0], train_data, idx, mask)  # the state is donated: keep only the newest
+        holder[0] = s.chunk_fn(holder[0], s.train_data, idx, mask)  # the state is donated: keep only the newest
 
     def device_peak():
         stats = dev.memory_stats() if dev.platform != "cpu" else None

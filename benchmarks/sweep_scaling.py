@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.configs import pixel_mnist
-from irnn_jax import loop, parallel, sweep, train
+from irnn_jax import data, loop, parallel
 
 _RUNS = flags.DEFINE_list("runs", ["1", "8", "32"], "sweep sizes to time")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "batch per run")
@@ -33,25 +33,16 @@ def time_sweep(num_runs: int, batch_size: int, steps: int, repeats: int) -> floa
     c.batch_size = batch_size
     if num_runs > 1:
         c.sweep = "seed=" + ",".join(str(s) for s in range(num_runs))
-    runs = sweep.expand(c) if num_runs > 1 else [("", c)]
-    stacked = num_runs > 1
-    state = sweep.create_state([rc for _, rc in runs], train.create_state) if stacked else train.create_state(c)
-    mesh = parallel.make_mesh()
-    state = parallel.put_state(state, mesh, stacked)
     rng = np.random.default_rng(0)
-    data = parallel.put_replicated(
-        {"inputs": rng.integers(0, 256, (1000, 28, 28), np.uint8), "targets": rng.integers(0, 10, 1000, np.int32)}, mesh
-    )
-    chunk, _, _ = loop.compile_steps(c, state.apply_fn, mesh, stacked)
-    shape = (steps, num_runs, batch_size) if stacked else (steps, batch_size)
-    idx, mask = rng.integers(0, 1000, shape).astype(np.int32), np.ones(shape, np.float32)
-    sharding = parallel.axis_sharding(mesh, num_runs if stacked else batch_size, axis=1)
-    idx, mask = parallel.put((idx, mask), (sharding, sharding))
-    state = jax.block_until_ready(chunk(state, data, idx, mask))  # compile
+    split = data.Split(rng.integers(0, 256, (1000, 28, 28), np.uint8), rng.integers(0, 10, 1000, np.int32))
+    s = loop.setup(c, dataset=data.Dataset("random pixels", split, split, source="random"))
+    state, chunk, data_on_device = s.state, s.chunk_fn, s.train_data
+    idx, mask = s.train_indices(0, steps)
+    state = jax.block_until_ready(chunk(state, data_on_device, idx, mask))  # compile
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        state = jax.block_until_ready(chunk(state, data, idx, mask))
+        state = jax.block_until_ready(chunk(state, data_on_device, idx, mask))
         times.append((time.perf_counter() - t) / steps)
     return float(np.median(times))
 

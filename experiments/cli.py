@@ -1,13 +1,29 @@
 """The absl entry point shared by the experiments: flags, --help, clean errors."""
 
+import ast
+import difflib
 import importlib
 import logging as std_logging
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from irnn_jax import checkpoint, data, loop, metrics, parallel, sweep, train, workdir
+
+# What a run can fail with that is the user's to fix: printed as one message, exit status 1.
+KNOWN_ERRORS = (
+    train.ConfigError,
+    data.DataError,
+    workdir.WorkdirBusyError,
+    checkpoint.CheckpointMismatchError,
+    checkpoint.CheckpointCorruptError,
+    metrics.MetricsFileError,
+    train.DivergenceError,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -38,7 +54,8 @@ class _QuietLibraries(std_logging.Filter):
 def run_experiment(doc: str, config_file: str, default_preset: str, experiment: str) -> None:
     """Defines --workdir and --config, then trains. Known failures exit 1 with a message."""
     config_path = CONFIG_DIR / config_file
-    presets = importlib.import_module(f"experiments.configs.{config_path.stem}").PRESETS
+    presets_module = importlib.import_module(f"experiments.configs.{config_path.stem}")
+    presets = presets_module.PRESETS
     sys.modules["__main__"].__doc__ = (
         f"{doc}\nPRESETS ({config_path.relative_to(CONFIG_DIR.parent.parent)}): {', '.join(presets)}\n\n"
         f"{_module_doc(config_path)}\n\n"
@@ -64,8 +81,6 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        from irnn_jax import checkpoint, data, parallel, sweep, train
-
         logging.get_absl_handler().addFilter(_QuietLibraries())
         config = config_flag.value
         workdir = workdir_flag.value or f"runs/{experiment}/{config.name}"
@@ -74,11 +89,10 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         try:
             train.validate_config(config)
             share = len(sweep.expand(config)) if config.sweep else config.batch_size
-            parallel.use_cpu_devices(cpu_devices_flag.value, share)
-            parallel.maybe_initialize_distributed()  # before anything starts JAX's backends
-            record_session(Path(workdir), experiment, config)
-            result = train.train_and_evaluate(config, workdir)
-        except (train.ConfigError, data.DataError, checkpoint.CheckpointMismatchError, train.DivergenceError) as e:
+            parallel.use_cpu_devices(cpu_devices_flag.value, share)  # before anything starts JAX's backends
+            command = shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]])
+            result = loop.train_and_evaluate(config, workdir, experiment=experiment, command=command)
+        except KNOWN_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
         if result.stopped_by_signal:
@@ -90,76 +104,38 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         else:
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 
+    _exit_on_unknown_fields(presets_module)
     app.run(main)
 
 
-def hardware() -> str:
-    """'CPU model (N cores)[; N x accelerator kind]', for the results page."""
-    import os
-
-    import jax
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    dev = jax.devices()[0]
-    accelerator = "" if dev.platform == "cpu" else f"; {jax.device_count()} x {dev.device_kind}"
-    return f"{cpu} ({os.cpu_count()} cores){accelerator}"
+def _exit_on_unknown_fields(presets_module, argv: list[str] | None = None) -> None:
+    """Exits with status 2 and a message naming the nearest real fields when the command line sets a
+    config field that does not exist (ml_collections would raise a bare AttributeError)."""
+    argv = sys.argv[1:] if argv is None else argv
+    message = unknown_fields_message(argv, presets_module)
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
-def record_session(workdir: Path, experiment: str, config) -> None:
-    """Appends this invocation (command, hardware, time) to WORKDIR/run.json."""
-    import datetime
-    import json
-    import shlex
-
-    import jax
-
-    path = workdir / "run.json"
-    info = json.loads(path.read_text()) if path.exists() else {"sessions": []}
-    info.update(experiment=experiment, preset=config.name, config=config.to_dict())
-    info["sessions"].append(
-        {
-            "command": shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]]),
-            "hardware": hardware(),
-            "jax": jax.__version__,
-            "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **code_version(),
-        }
-    )
-    workdir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(info, indent=1, default=list) + "\n")
-
-
-def code_version() -> dict:
-    """{'git_commit': sha, 'git_dirty': bool} of the checkout the code runs from (empty if none)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        status = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if sha.returncode != 0:
-        return {}
-    return {"git_commit": sha.stdout.strip(), "git_dirty": bool(status.stdout.strip())}
+def unknown_fields_message(argv: list[str], presets_module) -> str | None:
+    """A message for every `--config.FIELD` in `argv` that no preset of `presets_module` has, or None."""
+    known = set()
+    for preset in presets_module.PRESETS:
+        known |= set(presets_module.get_config(preset).keys())
+    problems = []
+    for arg in argv:
+        m = re.match(r"--config\.([A-Za-z_]\w*)", arg)
+        if m and m.group(1) not in known:
+            near = difflib.get_close_matches(m.group(1), sorted(known), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            problems.append(f"there is no config field {m.group(1)!r}{hint}")
+    if not problems:
+        return None
+    return "; ".join(problems) + " (--help lists every field)"
 
 
 def _is_literal(text: str) -> bool:
-    import ast
-
     try:
         ast.literal_eval(text)
         return True
@@ -168,6 +144,4 @@ def _is_literal(text: str) -> bool:
 
 
 def _module_doc(path: Path) -> str:
-    import ast
-
     return ast.get_docstring(ast.parse(path.read_text())) or ""

@@ -1,18 +1,45 @@
-"""Orbax checkpoints, the guard against resuming another run, and stop-on-signal.
+"""Orbax checkpoints: verified on restore, refused when they belong to another run; stop-on-signal.
 
-A checkpoint holds the whole `TrainState` (parameters, optimiser state, step
-and the running training-metric sums) plus a JSON `meta` item with the config
-that made it. A workdir resumes by itself; one whose checkpoint came from a
-different model or config is refused, never overwritten.
+A checkpoint holds the whole `TrainState` (parameters, optimiser state, step and the running
+training-metric sums) plus a JSON `meta` item: the config that made it, the config version, the
+state's structure and a SHA-256 over the bytes of every leaf. Restoring:
+
+* a checkpoint of another model or config is refused, and nothing on disk is touched;
+* a checkpoint that cannot be read, or whose restored bytes do not match their checksum, is never
+  used: it is moved aside to WORKDIR/checkpoints_bad/ (kept for inspection), and the newest good
+  one older than it is restored instead. The batches are a function of the step, so training on
+  from there ends bit-identical to an uninterrupted run. With no good checkpoint left the run
+  stops with an error rather than start over.
+* a checkpoint written before a config field existed resumes with that field's default when the
+  default reproduces the old behaviour (ADDED_FIELDS); otherwise it is refused, saying why.
 """
 
+import datetime
+import hashlib
+import os
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
+
+from irnn_jax import parallel
+
+# Version of the config and meta layout written into each checkpoint. 1: before it was recorded.
+CONFIG_VERSION = 2
+# Fields added since version 1, with the value that reproduces what runs made before them did.
+ADDED_FIELDS = {
+    "input_mean": 0.0,
+    "input_std": 1.0,
+    "lr_schedule": "constant",
+    "warmup_steps": 0,
+    "checkpoint_every_seconds": 0.0,
+}
 
 # Fields that may change between a run and its resumption without making the
 # checkpoint meaningless: how long to train, how often to report, where the
@@ -24,6 +51,7 @@ RESUMABLE_FIELDS = frozenset(
         "eval_every_steps",
         "eval_offset",
         "checkpoint_every_steps",
+        "checkpoint_every_seconds",
         "steps_per_call",
         "recurrence",
         "max_checkpoints_to_keep",
@@ -33,30 +61,40 @@ RESUMABLE_FIELDS = frozenset(
         "progress_bar",
     }
 )
+# A learning-rate schedule spans the run: with one, the run's length is part of the numbers.
+_LENGTH_FIELDS = frozenset({"num_epochs", "num_train_steps"})
 
 
 class CheckpointMismatchError(RuntimeError):
     """The workdir holds a checkpoint of a different model or config."""
 
 
+class CheckpointCorruptError(RuntimeError):
+    """No readable, verified checkpoint is left; the bad ones were moved aside."""
+
+
 def config_differences(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """Fields (outside RESUMABLE_FIELDS) whose values differ: name -> (saved, current)."""
-    keys = (set(saved) | set(current)) - RESUMABLE_FIELDS
+    resumable = RESUMABLE_FIELDS
+    if current.get("lr_schedule", "constant") != "constant":
+        resumable = resumable - _LENGTH_FIELDS
+    keys = (set(saved) | set(current)) - resumable
     missing = object()
     diffs = {}
     for k in sorted(keys):
         a, b = saved.get(k, missing), current.get(k, missing)
         # JSON turns tuples into lists; compare through the JSON form.
-        if _jsonable(a) != _jsonable(b):
+        if as_json(a) != as_json(b):
             diffs[k] = (None if a is missing else a, None if b is missing else b)
     return diffs
 
 
-def _jsonable(v):
+def as_json(v):
+    """`v` as it comes back from JSON (tuples become lists), for comparing configs."""
     if isinstance(v, (tuple, list)):
-        return [_jsonable(x) for x in v]
+        return [as_json(x) for x in v]
     if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
+        return {k: as_json(x) for k, x in v.items()}
     return v
 
 
@@ -66,13 +104,30 @@ def param_shapes(params) -> dict[str, list[int]]:
     return {jax.tree_util.keystr(path, simple=True, separator="/"): list(x.shape) for path, x in flat}
 
 
+def state_structure(state) -> list[str]:
+    """'path dtype shape' of every leaf: the layout a restore target must have."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    describe = lambda x: f"{getattr(x, 'dtype', None) or np.asarray(x).dtype} {list(np.shape(x))}"  # noqa: E731
+    return [f"{jax.tree_util.keystr(p, simple=True, separator='/')} {describe(x)}" for p, x in flat]
+
+
+def state_checksum(state) -> str:
+    """SHA-256 over the structure and the bytes of every leaf (fetched to the host)."""
+    digest = hashlib.sha256()
+    for line, leaf in zip(state_structure(state), jax.tree.leaves(parallel.fetch(state)), strict=True):
+        digest.update(line.encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 class Checkpointer:
-    """An Orbax CheckpointManager with explicit saves and a config guard."""
+    """An Orbax CheckpointManager with explicit saves, verified restores and a config guard."""
 
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
         self.directory = Path(directory).absolute()
+        self.bad_directory = self.directory.with_name(self.directory.name + "_bad")
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
             create=True,
             # A save interrupted by a kill leaves a *.orbax-checkpoint-tmp folder.
             cleanup_tmp_directories=True,
@@ -84,7 +139,9 @@ class Checkpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state, meta: dict) -> None:
-        """Saves asynchronously; `close()` (or `wait()`) makes it durable."""
+        """Saves asynchronously, with the state's checksum; `close()` (or `wait()`) makes it durable."""
+        meta = {**meta, "config_version": CONFIG_VERSION, "state_structure": state_structure(state)}
+        meta["state_sha256"] = state_checksum(state)
         self._manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -98,25 +155,40 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return restored["meta"]
 
-    def restore_compatible(self, abstract_state, config_dict: dict, shapes: dict):
-        """Restores the latest checkpoint, or returns None when there is none.
+    def _set_aside(self, step: int, why: str) -> None:
+        """Moves checkpoint `step` to the bad folder (process 0 does the move) and forgets it."""
+        target = self.bad_directory / f"{step}-{datetime.datetime.now():%Y%m%d-%H%M%S-%f}"
+        logging.warning("checkpoint %d in %s is unusable (%s); moved to %s", step, self.directory, why, target)
+        if parallel.is_main_process():
+            self.bad_directory.mkdir(parents=True, exist_ok=True)
+            os.replace(self.directory / str(step), target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self._manager.reload()
 
-        Raises CheckpointMismatchError when the checkpoint belongs to another
-        config or model; nothing on disk is touched in that case.
-        """
-        step = self.latest_step()
-        if step is None:
-            return None
-        try:
-            meta = self.read_meta(step)
-        except Exception as e:  # noqa: BLE001 - any failure here means "not ours"
+    def _check_compatible(self, step: int, meta: dict, config_dict: dict, shapes: dict, structure: list) -> None:
+        """Raises CheckpointMismatchError when checkpoint `step` belongs to another config or model."""
+        if not isinstance(meta.get("config"), dict):
             raise CheckpointMismatchError(
-                f"{self.directory} holds checkpoint {step} without a readable config "
-                f"({type(e).__name__}: {e}); use a new --workdir"
-            ) from e
-        diffs = config_differences(meta.get("config", {}), config_dict)
+                f"{self.directory} holds checkpoint {step} with no config in its meta item: not a run of "
+                f"irnn-jax's loop; use a new --workdir"
+            )
+        saved = meta["config"]
+        version = meta.get("config_version", 1)
+        unknown = sorted(set(config_dict) - set(saved) - set(ADDED_FIELDS) - RESUMABLE_FIELDS)
+        if unknown:
+            raise CheckpointMismatchError(
+                f"{self.directory} holds checkpoint {step}, written by an older version of irnn-jax (config "
+                f"version {version}) that had no field(s) {unknown}, and no default of them is known to "
+                f"reproduce what it did. Resume it with the version that wrote it, or use a new --workdir."
+            )
+        filled = {**{k: v for k, v in ADDED_FIELDS.items() if k in config_dict}, **saved}
+        diffs = config_differences(filled, config_dict)
         if diffs:
-            lines = "\n".join(f"  {k}: checkpoint has {a!r}, this run has {b!r}" for k, (a, b) in diffs.items())
+            older = lambda k: " (not in the checkpoint, which predates it)" if k not in saved else ""  # noqa: E731
+            lines = "\n".join(
+                f"  {k}: checkpoint has {a!r}{older(k)}, this run has {b!r}" for k, (a, b) in diffs.items()
+            )
             raise CheckpointMismatchError(
                 f"{self.directory} holds a checkpoint (step {step}) of a different config:\n{lines}\n"
                 f"Use a new --workdir, or run with the checkpoint's values to resume it."
@@ -126,6 +198,20 @@ class Checkpointer:
                 f"{self.directory} holds a checkpoint (step {step}) of a different model: "
                 f"parameters {meta.get('param_shapes')} != {shapes}; use a new --workdir"
             )
+        if "state_structure" in meta and meta["state_structure"] != structure:
+            changed = sorted(set(meta["state_structure"]) ^ set(structure))[:6]
+            raise CheckpointMismatchError(
+                f"checkpoint {step} in {self.directory} has another state layout (optimiser or model): "
+                f"differing leaves {changed}; use a new --workdir"
+            )
+
+    def restore_compatible(self, abstract_state, config_dict: dict, shapes: dict):
+        """(step, state, meta) of the newest good checkpoint, or None when the workdir has none.
+
+        Raises CheckpointMismatchError when the newest readable checkpoint belongs to another config
+        or model (nothing on disk is touched), and CheckpointCorruptError when checkpoints exist (or
+        were set aside before) but none is readable and verified.
+        """
         # A leaf with no sharding (e.g. from jax.eval_shape) goes to the first device, whatever the
         # device count the checkpoint was saved from; Orbax would otherwise insist on that count.
         first = jax.sharding.SingleDeviceSharding(jax.devices()[0])
@@ -137,16 +223,42 @@ class Checkpointer:
             ),
             abstract_state,
         )
-        try:
-            restored = self._manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+        structure = state_structure(abstract_state)
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                meta = self.read_meta(step)
+            except Exception as e:  # noqa: BLE001 - any failure to read means "not usable"
+                self._set_aside(step, f"its meta item cannot be read: {type(e).__name__}: {e}")
+                continue
+            self._check_compatible(step, meta, config_dict, shapes, structure)
+            try:
+                restored = self._manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001
+                if "state_structure" not in meta:  # an old checkpoint: it may simply not fit
+                    raise CheckpointMismatchError(
+                        f"checkpoint {step} in {self.directory} does not fit this model's state: {e}"
+                    ) from e
+                self._set_aside(step, f"its state cannot be read: {type(e).__name__}: {str(e)[:300]}")
+                continue
+            expected = meta.get("state_sha256")
+            if expected is None:
+                logging.warning("checkpoint %d predates checksums; restored without verification", step)
+            elif state_checksum(restored["state"]) != expected:
+                self._set_aside(step, "its restored bytes do not match the checksum saved with it")
+                continue
+            return step, restored["state"], restored["meta"]
+        if self.bad_directory.exists() and any(self.bad_directory.iterdir()):
+            raise CheckpointCorruptError(
+                f"no usable checkpoint is left in {self.directory}; the unusable ones are in "
+                f"{self.bad_directory}. Nothing was trained. To start this run over from step 0, delete or "
+                f"rename {self.bad_directory} (and the workdir's metrics.jsonl), or use a new --workdir."
             )
-        except (ValueError, KeyError, TypeError) as e:
-            raise CheckpointMismatchError(
-                f"checkpoint {step} in {self.directory} does not fit this model's state: {e}"
-            ) from e
-        return step, restored["state"], restored["meta"]
+        return None
 
     def close(self) -> None:
         """Waits for pending saves and releases the manager; safe to call twice."""

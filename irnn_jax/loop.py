@@ -1,12 +1,11 @@
-"""The host loop behind `train.train_and_evaluate`: single runs and sweeps.
+"""The host loop and `train_and_evaluate(config, workdir)`: single runs and sweeps.
 
-The training set lives on the device; each jitted call runs up to
-`steps_per_call` optimiser steps, gathering its batches there from indices
-the host computes with `data.batch_indices` (the same batches as
-`data.batch_at`). The host wakes between calls only to check for a
-non-finite loss, evaluate, checkpoint and answer a signal. Chunking does not
-change the numbers: N steps in one call equal N calls of one step, bit for
-bit (tested), so a resumed run still matches an uninterrupted one.
+The training and test splits live on the device; each jitted call runs up to `steps_per_call`
+optimiser steps, gathering its batches there from `input_pipeline.train_indices`. The host wakes
+between calls only to check for a non-finite loss, evaluate, checkpoint and answer a signal.
+Chunking does not change the numbers: N steps in one call equal N calls of one step, bit for bit
+(tested), so a resumed run still matches an uninterrupted one. Neither do time-based checkpoints
+(`checkpoint_every_seconds`): they save at call boundaries, which are a function of the step.
 """
 
 import dataclasses
@@ -18,19 +17,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from irnn_jax import checkpoint as ckpt_lib
-from irnn_jax import data as data_lib
+from irnn_jax import data, input_pipeline, parallel, train
 from irnn_jax import metrics as metrics_lib
 from irnn_jax import model as model_lib
-from irnn_jax import parallel
 from irnn_jax import sweep as sweep_lib
-from irnn_jax import train as train_lib
+from irnn_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass
 class RunResult:
-    state: train_lib.TrainState  # stacked along a leading run axis for a sweep
+    state: train.TrainState  # stacked along a leading run axis for a sweep
     step: int  # optimiser steps completed
     stopped_by_signal: bool
     last_rows: list[dict] | None  # the last evaluation of each run, if one ran this session
@@ -41,19 +40,49 @@ class RunResult:
         return self.last_rows[0] if self.last_rows else None
 
 
-def compile_steps(config, apply_fn, mesh, stacked: bool):
+@dataclasses.dataclass
+class Setup:
+    """Everything a run needs before its first step; `setup` makes it."""
+
+    config: object
+    run_names: list[str]  # [""] for a single run, "000_seed=0", ... for a sweep
+    run_configs: list
+    is_sweep: bool
+    dataset: data.Dataset
+    task: input_pipeline.TaskInfo
+    num_steps: int
+    steps_per_epoch: int
+    mesh: jax.sharding.Mesh
+    state: train.TrainState  # initial, placed on the mesh
+    train_data: dict  # the splits on the device
+    test_data: dict
+    chunk_fn: object  # jitted (state, train_data, idx, mask) -> state after N steps
+    eval_fn: object  # jitted (params, test_data, idx, mask) -> sums (3,) or (R, 3)
+    reset_fn: object  # jitted: zero the training-metric sums
+
+    def train_indices(self, start: int, end: int):
+        """Indices and masks of steps [start, end), on the devices: (N, B) or (N, R, B)."""
+        idx, mask = input_pipeline.train_indices(
+            self.run_configs, len(self.dataset.train), self.config.batch_size, start, end
+        )
+        # Shard the batch (single run) or the run axis (sweep) over the devices when it divides.
+        sharding = parallel.axis_sharding(self.mesh, idx.shape[1], axis=1)
+        return parallel.put((idx, mask), (sharding, sharding))
+
+
+def compile_steps(config, apply_fn, mesh, is_sweep: bool):
     """jitted (train_chunk, eval_step, reset of the metric sums) as the loop runs them.
 
     A single run splits its batch over the mesh's devices when it divides (data parallelism);
     a sweep shards its run axis instead and leaves each run's batch whole."""
-    loss_fn = train_lib.make_loss_fn(config)
-    train_mesh = None if stacked else parallel.split_batch_mesh(mesh, config.batch_size)
-    eval_mesh = None if stacked else parallel.split_batch_mesh(mesh, config.eval_batch_size)
-    chunk = functools.partial(train_lib.train_chunk, loss_fn=loss_fn, mesh=train_mesh)
-    evaluate = functools.partial(train_lib.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)
-    if stacked:  # one more leading axis: runs (state, indices), shared data
+    loss_fn = train.make_loss_fn(config)
+    train_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.batch_size)
+    eval_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.eval_batch_size)
+    chunk = functools.partial(train.train_chunk, loss_fn=loss_fn, mesh=train_mesh)
+    evaluate = functools.partial(train.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)
+    if is_sweep:  # one more leading axis: runs (state, indices), shared data
         chunk = jax.vmap(chunk, in_axes=(0, None, 1, 1))
-        evaluate = jax.vmap(evaluate, in_axes=(0, None))
+        evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None))
     reset = lambda s: s.replace(sums=jax.tree.map(jnp.zeros_like, s.sums))  # noqa: E731
     return (
         jax.jit(chunk, donate_argnums=0),
@@ -62,30 +91,47 @@ def compile_steps(config, apply_fn, mesh, stacked: bool):
     )
 
 
-def _indices(run_configs, num_examples: int, batch_size: int, start: int, end: int):
-    """Host indices and masks for steps [start, end): (N, B), or (N, R, B) for a sweep."""
-    per_run = []
-    for c in run_configs:
-        pairs = [data_lib.batch_indices(s, num_examples, batch_size, c.seed, c.shuffle) for s in range(start, end)]
-        per_run.append((np.stack([i for i, _ in pairs]).astype(np.int32), np.stack([m for _, m in pairs])))
-    if len(per_run) == 1:
-        return per_run[0]
-    return np.stack([i for i, _ in per_run], 1), np.stack([m for _, m in per_run], 1)
+def setup(config, dataset: data.Dataset | None = None) -> Setup:
+    """Validates `config`, expands its sweep, loads the data (or takes `dataset`), builds the initial
+    state and places state and data on one mesh over all devices, and compiles the steps. The one
+    setup of the training loop, the benchmarks and the tests. Call after
+    `parallel.maybe_initialize_distributed()` in a multi-process launch."""
+    train.validate_config(config)
+    is_sweep = bool(config.sweep)
+    runs = sweep_lib.expand(config) if is_sweep else [("", config)]
+    run_configs = [c for _, c in runs]
+    dataset = dataset if dataset is not None else input_pipeline.load_dataset(config)
+    num_steps = train.total_steps(config, len(dataset.train))
+    if is_sweep:
+        state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps))
+    else:
+        state = train.create_state(config, num_steps)
+    mesh = parallel.make_mesh()
+    state = parallel.put_state(state, mesh, is_sweep)
+    chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, is_sweep)
+    return Setup(
+        config=config, run_names=[n for n, _ in runs], run_configs=run_configs, is_sweep=is_sweep,
+        dataset=dataset, task=input_pipeline.task_info(config), num_steps=num_steps,
+        steps_per_epoch=input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size), mesh=mesh,
+        state=state, train_data=input_pipeline.put_split(dataset.train, mesh),
+        test_data=input_pipeline.put_split(dataset.test, mesh), chunk_fn=chunk_fn, eval_fn=eval_fn,
+        reset_fn=reset_fn,
+    )  # fmt: skip
 
 
-def _evaluate(eval_fn, params, split, batch_size, mesh, regression, num_runs, stacked):
-    """Test metrics per run, over the whole split."""
-    totals = 0
+def evaluate(s: Setup, params) -> list[dict]:
+    """Test metrics per run over the whole test split, gathered on the device like training batches."""
+    idx, mask = input_pipeline.eval_indices(len(s.dataset.test), s.config.eval_batch_size)
     # A single run's batches are split over the devices like its training batches; a sweep's are whole.
-    sharding = parallel.replicated(mesh) if stacked else parallel.axis_sharding(mesh, batch_size)
-    for batch in data_lib.eval_batches(split, batch_size):
-        out = eval_fn(params, parallel.put(batch, jax.tree.map(lambda _: sharding, batch)))
+    sharding = parallel.replicated(s.mesh) if s.is_sweep else parallel.axis_sharding(s.mesh, idx.shape[1])
+    totals = 0
+    for idx_B, mask_B in zip(idx, mask, strict=True):
+        out = s.eval_fn(params, s.test_data, *parallel.put((idx_B, mask_B), (sharding, sharding)))
         totals = totals + np.asarray(parallel.fetch(out), np.float64)
-    totals = np.reshape(totals, (num_runs, 3))
     rows = []
-    for loss_sum, correct, count in totals:
+    for loss_sum, correct, count in np.reshape(totals, (len(s.run_configs), 3)):
         row = {"test_loss": float(loss_sum / count)}
-        if not regression:
+        if not s.task.regression:
             row["test_accuracy"] = float(correct / count)
         rows.append(row)
     return rows
@@ -112,30 +158,39 @@ def _format_row(name: str, row: dict) -> str:
     )
 
 
-def run(config, workdir: Path) -> RunResult:
-    train_lib.validate_config(config)
-    stacked = bool(config.sweep)
-    runs = sweep_lib.expand(config) if stacked else [("", config)]
-    names, run_configs = [n for n, _ in runs], [c for _, c in runs]
-    parallel.maybe_initialize_distributed()
-    main = parallel.is_main_process()
-    workdir.mkdir(parents=True, exist_ok=True)
-    dataset = data_lib.load(config)
-    num_steps = train_lib.total_steps(config, len(dataset.train))
-    spe = data_lib.steps_per_epoch(len(dataset.train), config.batch_size)
-    regression = data_lib.is_regression(config)
-    config_dict = config.to_dict()
-    mesh = parallel.make_mesh()
+def train_and_evaluate(
+    config, workdir: str | Path, experiment: str | None = None, command: str | None = None
+) -> RunResult:
+    """Trains and evaluates `config` (a single run or a sweep) in `workdir`, resuming from its newest
+    good checkpoint, and records the session in WORKDIR/run.json (`experiment` and `command` label it
+    there; by default they come from the config and the process's command line).
 
-    if stacked:
-        state = sweep_lib.create_state(run_configs, lambda c: train_lib.create_state(c, num_steps))
-    else:
-        state = train_lib.create_state(config, num_steps)
-    state = parallel.put_state(state, mesh, stacked)
-    shapes = ckpt_lib.param_shapes(state.params)
+    Raises train.ConfigError (bad config), data.DataError (data missing or corrupt),
+    workdir.WorkdirBusyError (another process runs in the workdir), checkpoint.CheckpointMismatchError
+    (the workdir holds another run), checkpoint.CheckpointCorruptError (no usable checkpoint left)
+    and train.DivergenceError (non-finite loss; the last good state is saved first).
+    """
+    train.validate_config(config)
+    parallel.maybe_initialize_distributed()
+    workdir = Path(workdir)
+    main = parallel.is_main_process()
+    lock = workdir_lib.WorkdirLock(workdir).acquire() if main else None
+    try:
+        s = setup(config)
+        return _train(s, workdir, main, experiment, command)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(s: Setup, workdir: Path, main: bool, experiment: str | None, command: str | None) -> RunResult:
+    config, names, num_steps = s.config, s.run_names, s.num_steps
+    config_dict = config.to_dict()
+    shapes = ckpt_lib.param_shapes(s.state.params)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
     writers = []
     try:
+        state = s.state
         restored = checkpointer.restore_compatible(parallel.abstract_like(state), config_dict, shapes)
         start, elapsed = 0, 0.0
         if restored is not None:
@@ -143,33 +198,34 @@ def run(config, workdir: Path) -> RunResult:
             elapsed = float(meta.get("elapsed_seconds", 0.0))
             logging.info("resumed from step %d in %s", start, checkpointer.directory)
         if main:
+            workdir_lib.record_session(workdir, config, experiment, command)
             writers = [metrics_lib.MetricsWriter(workdir / "runs" / n if n else workdir, start) for n in names]
         logging.info(
             "%s: %d train / %d test examples from %s; %d steps (%.2f epochs) of %d run(s), %d parameters each; "
             "%d device(s), %d process(es)",
-            config.dataset, len(dataset.train), len(dataset.test), dataset.source, num_steps, num_steps / spe,
-            len(runs), model_lib.count_params(state.params) // len(runs), mesh.size, jax.process_count(),
+            config.dataset, len(s.dataset.train), len(s.dataset.test), s.dataset.source, num_steps,
+            num_steps / s.steps_per_epoch, len(names), model_lib.count_params(state.params) // len(names),
+            s.mesh.size, jax.process_count(),
         )  # fmt: skip
-        train_data = parallel.put_replicated({"inputs": dataset.train.inputs, "targets": dataset.train.targets}, mesh)
-        chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, stacked)
-        # Indices (N, B) or (N, R, B): shard the batch (single run) or run axis (sweep) when it divides.
-        index_sharding = parallel.axis_sharding(mesh, len(runs) if stacked else config.batch_size, axis=1)
 
         last_saved = start if restored is not None else None
         last_rows = None
         diverged = set()
-        t_run = t_interval = time.perf_counter()
+        t_run = t_interval = t_saved = time.perf_counter()
         interval_start = step = start
+        every_seconds = config.checkpoint_every_seconds
 
         def save(at_step):
-            nonlocal last_saved
+            nonlocal last_saved, t_saved
             if last_saved != at_step:
                 meta = {"config": config_dict, "param_shapes": shapes, "step": at_step, "run_names": names,
                         "elapsed_seconds": elapsed + time.perf_counter() - t_run}  # fmt: skip
                 checkpointer.save(at_step, state, meta)
-                last_saved = at_step
+                last_saved, t_saved = at_step, time.perf_counter()
 
-        progress = _progress_bar(config, num_steps, start, main)
+        progress = tqdm(total=num_steps, initial=start, unit="step", disable=not (config.progress_bar and main),
+                        dynamic_ncols=True, mininterval=1.0)  # fmt: skip
+        stopping = False
         with ckpt_lib.StopOnSignal() as stop:
             while step < num_steps:
                 end = min(
@@ -178,19 +234,17 @@ def run(config, workdir: Path) -> RunResult:
                     metrics_lib.next_due(step, config.steps_per_call),
                     num_steps,
                 )
-                idx, mask = _indices(run_configs, len(dataset.train), config.batch_size, step, end)
-                idx, mask = parallel.put((idx, mask), (index_sharding, index_sharding))
-                state = chunk_fn(state, train_data, idx, mask)
+                state = s.chunk_fn(state, s.train_data, *s.train_indices(step, end))
                 progress.update(end - step)
                 step = end
                 sums = {k: np.atleast_1d(v) for k, v in parallel.fetch(state.sums).items()}  # waits for the chunk
                 stopping = parallel.any_process(stop.requested)
-                newly = {k for k in range(len(runs)) if sums["nonfinite"][k] and k not in diverged}
-                if newly and not stacked:
+                newly = {k for k in range(len(names)) if sums["nonfinite"][k] and k not in diverged}
+                if newly and not s.is_sweep:
                     good = int(parallel.fetch(state.step))
                     save(good)
                     checkpointer.wait()
-                    raise train_lib.DivergenceError(
+                    raise train.DivergenceError(
                         f"the loss or gradient became non-finite at step {good + 1} (of steps "
                         f"{good + 1}..{step}); the state after step {good} is saved in "
                         f"{checkpointer.directory}. Lower learning_rate or set clip_norm, in a new workdir."
@@ -200,11 +254,10 @@ def run(config, workdir: Path) -> RunResult:
                 diverged |= newly
                 if metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
                     rate = (step - interval_start) / (time.perf_counter() - t_interval)
-                    tests = _evaluate(eval_fn, state.params, dataset.test, config.eval_batch_size, mesh,
-                                      regression, len(runs), stacked)  # fmt: skip
                     last_rows = []
-                    for k, test in enumerate(tests):
-                        row = _train_row(step, spe, {n: float(v[k]) for n, v in sums.items()}, regression)
+                    for k, test in enumerate(evaluate(s, state.params)):
+                        row = _train_row(step, s.steps_per_epoch, {n: float(v[k]) for n, v in sums.items()},
+                                         s.task.regression)  # fmt: skip
                         row.update(test, steps_per_second=rate, elapsed_seconds=elapsed + time.perf_counter() - t_run)
                         if k in diverged:
                             row["diverged"] = True
@@ -212,23 +265,20 @@ def run(config, workdir: Path) -> RunResult:
                         if main:
                             writers[k].write(row)
                             progress.write(_format_row(names[k], row))
-                    state = reset_fn(state)
+                    state = s.reset_fn(state)
                     t_interval, interval_start = time.perf_counter(), step
-                if metrics_lib.should_run(step, config.checkpoint_every_steps, num_steps) or stopping:
+                # Time-based saves: every process must take the same decision, so process 0's clock decides.
+                due_by_time = every_seconds > 0 and parallel.any_process(
+                    main and time.perf_counter() - t_saved >= every_seconds
+                )
+                if metrics_lib.should_run(step, config.checkpoint_every_steps, num_steps) or stopping or due_by_time:
                     save(step)
                 if stopping:
                     logging.warning("signal: saved step %d, stopping", step)
                     break
         progress.close()
-        return RunResult(state, step, stopping if num_steps > start else False, last_rows, names)
+        return RunResult(state, step, stopping, last_rows, names)
     finally:
         checkpointer.close()  # waits for the last async save, on every exit path
         for w in writers:
             w.close()
-
-
-def _progress_bar(config, total: int, initial: int, main: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", disable=not (config.progress_bar and main),
-                dynamic_ncols=True, mininterval=1.0)  # fmt: skip

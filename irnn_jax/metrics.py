@@ -9,6 +9,9 @@ import json
 import os
 from pathlib import Path
 
+from absl import logging
+from tensorboardX import SummaryWriter
+
 TIMING_FIELDS = frozenset({"steps_per_second", "elapsed_seconds"})
 
 
@@ -31,11 +34,30 @@ def next_due(step: int, every: int, offset: int = 0) -> int:
     return offset + ((step - offset) // every + 1) * every
 
 
+class MetricsFileError(ValueError):
+    """metrics.jsonl has an unreadable line other than its last."""
+
+
 def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl. A torn last line (a write cut short by a kill) is dropped with
+    a warning; an unreadable line before it is an error that names it."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    rows = []
+    for n, line in lines:
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or "step" not in row:
+                raise ValueError("not a metrics row")
+        except ValueError as e:
+            if n == lines[-1][0]:
+                logging.warning("%s: dropping its torn last line %d (%r): %s", path, n, line[:80], e)
+                break
+            raise MetricsFileError(f"{path}, line {n}, is not a metrics row ({e}): {line[:80]!r}") from e
+        rows.append(row)
+    return rows
 
 
 class MetricsWriter:
@@ -55,8 +77,6 @@ class MetricsWriter:
         os.replace(tmp, self.path)
         self._tb = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
             self._tb = SummaryWriter(str(workdir), purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, row: dict) -> None:

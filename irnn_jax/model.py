@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from irnn_jax import recurrence as recurrence_lib
+
 CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
 
 Initializer = Callable[..., jax.Array]
@@ -54,7 +56,7 @@ class SimpleRNNParams(nn.Module):
     """
 
     features: int
-    activation: Callable[[jax.Array], jax.Array] = nn.relu
+    activation: str = "relu"  # a name in recurrence.ACTIVATIONS
     kernel_init: Initializer = glorot_uniform
     recurrent_init: Initializer = orthogonal
     bias_init: Initializer = zeros
@@ -77,7 +79,8 @@ class SimpleRNNCell(SimpleRNNParams):
     @nn.compact
     def __call__(self, h_BxH: jax.Array, x_BxC: jax.Array) -> tuple[jax.Array, None]:
         p = self.rnn_params(x_BxC.shape[-1])
-        h_BxH = self.activation(x_BxC @ p["kernel"] + h_BxH @ p["recurrent_kernel"] + p["bias"])
+        act = recurrence_lib.activation_fn(self.activation)
+        h_BxH = act(x_BxC @ p["kernel"] + h_BxH @ p["recurrent_kernel"] + p["bias"])
         # Only the last state is used: emitting nothing keeps the scan's output small.
         return h_BxH, None
 
@@ -133,14 +136,13 @@ def make_cell(cell: str, hidden_size: int, recurrent_gain: float, input_init_std
     if cell == "irnn":
         return SimpleRNNCell, dict(
             features=hidden_size,
-            activation=nn.relu,
+            activation="relu",
             kernel_init=nn.initializers.normal(input_init_std),
             recurrent_init=identity_init(recurrent_gain),
             name=name,
         )
     if cell in ("rnn_relu", "rnn_tanh"):
-        act = nn.relu if cell == "rnn_relu" else jnp.tanh
-        return SimpleRNNCell, dict(features=hidden_size, activation=act, name=name)
+        return SimpleRNNCell, dict(features=hidden_size, activation=cell.removeprefix("rnn_"), name=name)
     if cell == "lstm":
         return LSTMCell, dict(features=hidden_size, name=name)
     raise ValueError(f"unknown cell {cell!r}; choose one of {CELLS}")
@@ -164,19 +166,16 @@ class SequenceClassifier(nn.Module):
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
         cell_cls, kwargs = make_cell(self.cell, self.hidden_size, self.recurrent_gain, self.input_init_std, name="rnn")
+        if not recurrence_lib.supports(self.recurrence, self.cell):
+            raise ValueError(f"recurrence {self.recurrence!r} supports the simple RNN cells, not {self.cell!r}")
         if self.recurrence == "scan":
             scan = nn.scan(cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1)
             carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
             carry, _ = scan(**kwargs)(carry, x_BxTxC)
             y = cell_cls.output(carry)
-        elif cell_cls is SimpleRNNCell:
-            from irnn_jax import recurrence  # only the fast paths need it
-
-            params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
-            activation = "relu" if kwargs.get("activation", nn.relu) is nn.relu else "tanh"
-            y = recurrence.final_state(self.recurrence, params, x_BxTxC, activation)
         else:
-            raise ValueError(f"recurrence {self.recurrence!r} supports the simple RNN cells, not {self.cell!r}")
+            params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
+            y = recurrence_lib.final_state(self.recurrence, params, x_BxTxC, kwargs["activation"])
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)

@@ -27,7 +27,9 @@ def _interpret(interpret: bool | None) -> bool:
     return jax.default_backend() == "cpu" if interpret is None else interpret
 
 
-def _padded_sizes(b: int, h: int) -> tuple[int, int]:
+def padded_sizes(b: int, h: int) -> tuple[int, int]:
+    """(batch, hidden) padded for the kernels: whole BLOCK_B row blocks (one grid program each), and a
+    power-of-two hidden size of at least 16, as Triton's dot needs."""
     b_pad = -(-b // BLOCK_B) * BLOCK_B
     h_pad = max(16, 1 << (h - 1).bit_length())
     return b_pad, h_pad
@@ -44,7 +46,7 @@ def _call(kernel, seq_in, row_in, w_HxH, with_row_out: bool, interpret: bool | N
     seq_in: (T, B, H) arrays, row_in: (B, H) arrays; the output is (T, B, H) [and (B, H)].
     """
     t, b, h = seq_in[0].shape
-    b_pad, h_pad = _padded_sizes(b, h)
+    b_pad, h_pad = padded_sizes(b, h)
     seq_spec = pl.BlockSpec((t, BLOCK_B, h_pad), lambda i: (0, i, 0))
     row_spec = pl.BlockSpec((BLOCK_B, h_pad), lambda i: (i, 0))
     seq_shape = jax.ShapeDtypeStruct((t, b_pad, h_pad), seq_in[0].dtype)

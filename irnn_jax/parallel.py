@@ -2,8 +2,9 @@
 
 One 1-D mesh axis, "data", spans all devices of all processes. A sweep shards
 its run axis over it (each device trains some of the runs); a single run
-shards its batch axis (data parallelism; the parameters are replicated and
-XLA adds the gradient all-reduce). The same program runs on one CPU, one GPU,
+shards its batch axis (data parallelism: the parameters are replicated, and
+`sum_over_batch_shards` runs each device's share of the batch with `shard_map`
+and sums the results with one all-reduce). The same program runs on one CPU, one GPU,
 several GPUs or several hosts; `jax.distributed.initialize()` joins the hosts
 when the launcher asks for it (SLURM with several tasks, Cloud TPU pods, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set by hand).
@@ -14,6 +15,7 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -127,9 +129,9 @@ def put_replicated(tree, mesh: Mesh):
     return put(tree, jax.tree.map(lambda _: replicated(mesh), tree))
 
 
-def put_state(state, mesh: Mesh, stacked: bool):
+def put_state(state, mesh: Mesh, is_sweep: bool):
     """A sweep's state sharded along its run axis; a single run's replicated."""
-    if not stacked:
+    if not is_sweep:
         return put_replicated(state, mesh)
     runs = jax.tree.leaves(state)[0].shape[0]
     return put(state, jax.tree.map(lambda _: axis_sharding(mesh, runs), state))
@@ -144,7 +146,6 @@ def fetch(tree):
     """Host copies of (possibly multi-process, sharded) arrays."""
     if jax.process_count() == 1:
         return jax.device_get(tree)
-    from jax.experimental import multihost_utils
 
     def one(x):
         if x.is_fully_replicated:
@@ -158,6 +159,5 @@ def any_process(flag: bool) -> bool:
     """True when `flag` is true in any process, so that all stop at the same step."""
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
 
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))

@@ -33,6 +33,25 @@ from irnn_jax import pallas_rnn
 RECURRENCES = ("scan", "fused", "pallas")
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
+
+def supports(recurrence: str, cell: str) -> bool:
+    """Whether `recurrence` can run `cell`: "scan" runs any cell; "fused" and "pallas" simple RNNs only."""
+    return recurrence == "scan" or cell != "lstm"
+
+
+def fastest_for(cell: str) -> str:
+    """The recurrence the presets use for `cell`: "fused" where it applies (the fastest measured on
+    CPU for these long simple RNNs, `benchmarks/README.md`), else the "scan" reference."""
+    return "fused" if supports("fused", cell) else "scan"
+
+
+def activation_fn(name: str):
+    """The activation called `name` (one of ACTIVATIONS); a ValueError for any other name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {tuple(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
 # lax.scan unroll of the fused loops. On a 2-core CPU (hidden 100): an empty loop step costs 0.3 us
 # against 5 us for the matmul of a batch-16 step; unroll 2 sped the bare value_and_grad at batch 16
 # up from 16.6 to 14.3 ms (`benchmarks/recurrence_cpu.py`), but the training step at batch 32 on
@@ -89,7 +108,7 @@ def scan_final_state(params: dict, x_BxTxC: jax.Array, activation: str) -> jax.A
 # (a copy of a (T, B, H) array); the backward carries h_t next to dh to read act'(z_t) off it.
 
 
-def _xla_forward(xs_TxBxK, project, w_rec_HxH, activation, unroll, keep_states):
+def _loop_forward(xs_TxBxK, project, w_rec_HxH, activation, unroll, keep_states):
     """h_T, and with keep_states also h_0..h_{T-1} as (T, B, H).
 
     Step t reads `project(xs[t])` as its input term x_t W_in + b: either xs holds those terms,
@@ -104,7 +123,7 @@ def _xla_forward(xs_TxBxK, project, w_rec_HxH, activation, unroll, keep_states):
     return (h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
 
 
-def _xla_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll):
+def _loop_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll):
     """dz_t = dh_t * act'(z_t) for t = T..1 as (T, B, H), from dh_T = `dh_BxH`."""
     w_rec_t_HxH = w_rec_HxH.T
 
@@ -118,7 +137,7 @@ def _xla_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unrol
     return dz_TxBxH
 
 
-def _xla_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll):
+def _loop_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll):
     """(grads, dx) with the weight and bias gradients summed inside the backward loop.
 
     The same sums as `_custom_bwd`'s matmuls after the loop, one (B, H) slab per step while it is
@@ -149,45 +168,45 @@ def _xla_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH
     return grads, jnp.swapaxes(dx_TxBxC, 0, 1)
 
 
-def _forward(loops, activation, unroll, params, x_BxTxC, keep_states):
+def _forward(recurrence, activation, unroll, params, x_BxTxC, keep_states):
     # Time-major so each loop step reads one contiguous (B, H) slab; with C = 1 the transpose of x
     # is cheap, while transposing (B, T, H) arrays would cost a full copy.
     x_TxBxC = jnp.swapaxes(x_BxTxC, 0, 1)
     project = lambda x: jnp.einsum("...c,ch->...h", x, params["kernel"]) + params["bias"]  # noqa: E731
     w_rec_HxH = params["recurrent_kernel"]
-    if loops == "pallas":
+    if recurrence == "pallas":
         h_prev_TxBxH, h_last_BxH = pallas_rnn.forward(project(x_TxBxC), w_rec_HxH, ACTIVATIONS[activation])
         return (x_TxBxC, h_prev_TxBxH, h_last_BxH) if keep_states else h_last_BxH
     if _in_loop(x_BxTxC.shape[0]):  # project x one step at a time, in the loop
-        out = _xla_forward(x_TxBxC, project, w_rec_HxH, activation, unroll, keep_states)
+        out = _loop_forward(x_TxBxC, project, w_rec_HxH, activation, unroll, keep_states)
     else:  # all T steps' input terms in one matmul before the loop
-        out = _xla_forward(project(x_TxBxC), lambda zx: zx, w_rec_HxH, activation, unroll, keep_states)
+        out = _loop_forward(project(x_TxBxC), lambda zx: zx, w_rec_HxH, activation, unroll, keep_states)
     return (x_TxBxC, *out) if keep_states else out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _custom_final_state(loops, activation, unroll, params, x_BxTxC):
-    return _forward(loops, activation, unroll, params, x_BxTxC, keep_states=False)
+def _custom_final_state(recurrence, activation, unroll, params, x_BxTxC):
+    return _forward(recurrence, activation, unroll, params, x_BxTxC, keep_states=False)
 
 
-def _custom_fwd(loops, activation, unroll, params, x_BxTxC):
-    x_TxBxC, h_prev_TxBxH, h_last_BxH = _forward(loops, activation, unroll, params, x_BxTxC, keep_states=True)
+def _custom_fwd(recurrence, activation, unroll, params, x_BxTxC):
+    x_TxBxC, h_prev_TxBxH, h_last_BxH = _forward(recurrence, activation, unroll, params, x_BxTxC, keep_states=True)
     # Only what the backward reads: the states (act'(z_t) and the dW_rec factor), x, the two kernels.
     residuals = (x_TxBxC, h_prev_TxBxH, h_last_BxH, params["kernel"], params["recurrent_kernel"])
     return h_last_BxH, residuals
 
 
-def _custom_bwd(loops, activation, unroll, residuals, dh_BxH):
+def _custom_bwd(recurrence, activation, unroll, residuals, dh_BxH):
     x_TxBxC, h_prev_TxBxH, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
     act_grad = functools.partial(act_grad_from_state, activation)
-    if loops == "xla" and _in_loop(dh_BxH.shape[0]):
-        return _xla_backward_accumulate(
+    if recurrence == "fused" and _in_loop(dh_BxH.shape[0]):
+        return _loop_backward_accumulate(
             x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll
         )
-    if loops == "pallas":
+    if recurrence == "pallas":
         dz_TxBxH = pallas_rnn.backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, act_grad)
     else:
-        dz_TxBxH = _xla_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll)
+        dz_TxBxH = _loop_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unroll)
     t, b, h = dz_TxBxH.shape
     # The per-step sums as single matmuls over all T*B rows; the reshapes are free (contiguous).
     dz_NxH = dz_TxBxH.reshape(t * b, h)
@@ -215,5 +234,4 @@ def final_state(
     params = {k: params[k] for k in ("kernel", "recurrent_kernel", "bias")}
     if recurrence == "scan":
         return scan_final_state(params, x_BxTxC, activation)
-    loops = "pallas" if recurrence == "pallas" else "xla"
-    return _custom_final_state(loops, activation, unroll, params, x_BxTxC)
+    return _custom_final_state(recurrence, activation, unroll, params, x_BxTxC)

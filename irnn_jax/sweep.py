@@ -18,6 +18,8 @@ import itertools
 import jax
 import jax.numpy as jnp
 
+from irnn_jax import optim
+
 SWEEPABLE = {"seed": int, "learning_rate": float, "clip_norm": float, "recurrent_gain": float, "input_init_std": float}
 
 
@@ -68,8 +70,6 @@ def create_state(configs: list, create_one):
     change initial values, so the first run's apply_fn serves all; learning
     rates and clipping norms are written into each run's optimiser state.
     """
-    from irnn_jax import optim
-
     first = create_one(configs[0])
     states = []
     for c in configs:

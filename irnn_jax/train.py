@@ -1,24 +1,20 @@
-"""Training: config checks, state, pure train/eval steps; `train_and_evaluate`.
+"""Training: config checks, state, and the pure train and eval steps.
 
-`train_and_evaluate(config, workdir)` runs one experiment (or a sweep); its
-host loop lives in `irnn_jax.loop`. Everything here is pure: the batch for
-step N is `data.batch_at(N)`, and the running training-metric sums live in
-the state, so a run stopped by a signal and resumed from its checkpoint ends
-bit-identical to an uninterrupted one.
+The host loop that calls them is `irnn_jax.loop`. Everything here is pure: a step gathers its
+batch on the device from indices that are a function of the step (`input_pipeline`), and the
+running training-metric sums live in the state, so a run stopped by a signal and resumed from its
+checkpoint ends bit-identical to an uninterrupted one.
 """
 
-import functools
 import math
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from irnn_jax import data as data_lib
+from irnn_jax import input_pipeline, optim, parallel, recurrence, sweep
 from irnn_jax import model as model_lib
-from irnn_jax import optim, parallel
 
 OPTIMIZERS = optim.OPTIMIZERS
 SUM_KEYS = ("loss", "correct", "count", "grad_norm", "steps", "nonfinite")
@@ -44,15 +40,16 @@ def validate_config(config) -> None:
         if not ok:
             problems.append(msg)
 
-    need(c.dataset in data_lib.DATASETS, f"dataset must be one of {data_lib.DATASETS}, got {c.dataset!r}")
-    need(c.task in data_lib.TASKS, f"task must be one of {data_lib.TASKS}, got {c.task!r}")
+    datasets, tasks = input_pipeline.DATASETS, input_pipeline.TASKS
+    need(c.dataset in datasets, f"dataset must be one of {datasets}, got {c.dataset!r}")
+    need(c.task in tasks, f"task must be one of {tasks}, got {c.task!r}")
     need(c.cell in model_lib.CELLS, f"cell must be one of {model_lib.CELLS}, got {c.cell!r}")
-    from irnn_jax.recurrence import RECURRENCES
-
-    need(c.recurrence in RECURRENCES, f"recurrence must be one of {RECURRENCES}, got {c.recurrence!r}")
+    recurrences = recurrence.RECURRENCES
+    need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
     need(
-        c.recurrence == "scan" or c.cell != "lstm",
-        f"recurrence {c.recurrence!r} needs a simple RNN cell, not lstm; set recurrence to 'scan' for the lstm",
+        recurrence.supports(c.recurrence, c.cell),
+        f"recurrence {c.recurrence!r} cannot run cell {c.cell!r}; "
+        f"set recurrence to {recurrence.fastest_for(c.cell)!r} for it",
     )
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")
@@ -95,8 +92,18 @@ def validate_config(config) -> None:
         f"num_train_steps must be an integer >= 0 (0: use num_epochs), got {c.num_train_steps!r}",
     )
     need(
-        c.num_train_steps > 0 or (isinstance(c.num_epochs, int) and c.num_epochs >= 1),
-        f"num_epochs must be an integer >= 1 when num_train_steps is 0, got {c.num_epochs!r}",
+        isinstance(c.num_epochs, int) and c.num_epochs >= 1,
+        f"num_epochs must be an integer >= 1 (num_train_steps > 0 overrides it), got {c.num_epochs!r}",
+    )
+    need(
+        isinstance(c.checkpoint_every_seconds, (int, float))
+        and math.isfinite(c.checkpoint_every_seconds)
+        and c.checkpoint_every_seconds >= 0,
+        f"checkpoint_every_seconds must be >= 0 (0: off), got {c.checkpoint_every_seconds!r}",
+    )
+    need(
+        isinstance(c.permutation_seed, int) and c.permutation_seed >= 0 and isinstance(c.seed, int) and c.seed >= 0,
+        f"seed and permutation_seed must be integers >= 0, got {c.seed!r} and {c.permutation_seed!r}",
     )
     need(
         isinstance(c.eval_offset, int) and c.eval_offset >= 0,
@@ -111,8 +118,6 @@ def validate_config(config) -> None:
             v = c.get(field)
             need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}, got {v!r}")
     if c.sweep:
-        from irnn_jax import sweep
-
         try:
             sweep.parse(c.sweep)
         except sweep.SweepError as e:
@@ -125,7 +130,7 @@ def total_steps(config, num_train_examples: int) -> int:
     """num_train_steps when > 0, else num_epochs full epochs."""
     if config.num_train_steps > 0:
         return config.num_train_steps
-    return config.num_epochs * data_lib.steps_per_epoch(num_train_examples, config.batch_size)
+    return config.num_epochs * input_pipeline.steps_per_epoch(num_train_examples, config.batch_size)
 
 
 # -------------------------------------------------------------- state, steps
@@ -143,7 +148,7 @@ def zero_sums() -> dict:
 
 def build_model(config) -> model_lib.SequenceClassifier:
     return model_lib.SequenceClassifier(
-        num_outputs=data_lib.num_outputs(config),
+        num_outputs=input_pipeline.task_info(config).num_outputs,
         cell=config.cell,
         hidden_size=config.hidden_size,
         recurrent_gain=config.recurrent_gain,
@@ -158,7 +163,7 @@ def create_state(config, num_steps: int = 0) -> TrainState:
     """Initial parameters (from `config.seed`) and optimiser state; `num_steps`: the run's
     length, which a learning-rate schedule other than constant needs."""
     model = build_model(config)
-    steps, width = data_lib.sequence_shape(config)
+    steps, width = input_pipeline.task_info(config).sequence_shape
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, steps, width), jnp.float32))["params"]
     tx = make_optimizer(config, num_steps)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, sums=zero_sums())
@@ -167,8 +172,7 @@ def create_state(config, num_steps: int = 0) -> TrainState:
 def make_optimizer(config, num_steps: int = 0):
     """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
     return optim.make_optimizer(
-        config.optimizer, config.learning_rate, config.clip_norm, config.get("lr_schedule", "constant"),
-        num_steps, config.get("warmup_steps", 0),
+        config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps
     )  # fmt: skip
 
 
@@ -180,8 +184,8 @@ def make_loss_fn(config):
     With `total_count` the loss sum is divided by it instead of the batch's own
     count (a device's share of a batch split across devices).
     """
-    sequence_fn = data_lib.make_sequence_fn(config)
-    regression = data_lib.is_regression(config)
+    sequence_fn = input_pipeline.make_sequence_fn(config)
+    regression = input_pipeline.task_info(config).regression
 
     def loss_fn(params, apply_fn, batch, total_count=None):
         out_BxK = apply_fn({"params": params}, sequence_fn(batch["inputs"]))
@@ -244,15 +248,17 @@ def train_step(state: TrainState, batch: dict, loss_fn, mesh=None) -> TrainState
     return new.replace(sums=sums)
 
 
-def eval_step(params, batch: dict, apply_fn, loss_fn, mesh=None) -> jax.Array:
-    """(loss sum, correct count, example count) over the batch's real examples.
+def eval_step(params, test_data: dict, idx_B, mask_B, apply_fn, loss_fn, mesh=None) -> jax.Array:
+    """(loss sum, correct count, example count) over one test batch's real examples.
 
-    With a `mesh`, the batch axis is split over its devices and the sums added up."""
+    The batch is gathered on the device from `test_data` (`input_pipeline.put_split`). With a
+    `mesh`, the batch axis is split over its devices and the sums added up."""
 
     def sums(params, batch):
         _, (loss_sum, correct, count) = loss_fn(params, apply_fn, batch)
         return jnp.stack([loss_sum, correct, count])
 
+    batch = input_pipeline.gather(test_data, idx_B, mask_B)
     if mesh is None:
         return sums(params, batch)
     return parallel.sum_over_batch_shards(sums, mesh)(params, batch)
@@ -261,36 +267,12 @@ def eval_step(params, batch: dict, apply_fn, loss_fn, mesh=None) -> jax.Array:
 def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn, mesh=None) -> TrainState:
     """N consecutive train steps in one call, gathering each batch on the device.
 
-    `train_data` holds the whole training split on the device; idx/mask are
-    the rows of `data.batch_indices` for the N steps. Bit-identical to N calls
-    of `train_step` on `data.batch_at` batches (tested). `mesh`: see `batch_gradients`.
+    `train_data` holds the whole training split on the device (`input_pipeline.put_split`);
+    idx/mask are `input_pipeline.train_indices` of the N steps. N steps in one call equal N calls
+    of one step, bit for bit (tested). `mesh`: see `batch_gradients`.
     """
 
     def body(s, idx_mask):
-        idx_B, mask_B = idx_mask
-        batch = {"inputs": train_data["inputs"][idx_B], "targets": train_data["targets"][idx_B], "mask": mask_B}
-        return train_step(s, batch, loss_fn, mesh), None
+        return train_step(s, input_pipeline.gather(train_data, *idx_mask), loss_fn, mesh), None
 
     return jax.lax.scan(body, state, (idx_NxB, mask_NxB))[0]
-
-
-def jitted_steps(config, apply_fn):
-    """jit-compiled (train_step, eval_step) for a config's task."""
-    loss_fn = make_loss_fn(config)
-    train = jax.jit(functools.partial(train_step, loss_fn=loss_fn), donate_argnums=0)
-    evaluate_batch = jax.jit(functools.partial(eval_step, apply_fn=apply_fn, loss_fn=loss_fn))
-    return train, evaluate_batch
-
-
-def train_and_evaluate(config, workdir: str | Path):
-    """Trains and evaluates `config` (a single run or a sweep) in `workdir`.
-
-    Resumes from the workdir's latest checkpoint. Raises ConfigError (bad
-    config), data.DataError (data missing or corrupt),
-    checkpoint.CheckpointMismatchError (workdir holds another run) and
-    DivergenceError (non-finite loss; the last good state is saved first).
-    Returns a `loop.RunResult`.
-    """
-    from irnn_jax import loop  # the host loop imports this module
-
-    return loop.run(config, Path(workdir))

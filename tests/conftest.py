@@ -1,10 +1,25 @@
-"""Shared fixtures: small IDX datasets written by the tests, tiny configs."""
+"""Shared fixtures: small IDX datasets written by the tests, tiny configs, helpers."""
+
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist
-from irnn_jax import data
+from irnn_jax import data, loop, metrics
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: where `python -m experiments.*` runs
+
+# One persistent XLA compilation cache for the whole session, subprocesses included (they inherit the
+# environment): the tests compile the same few programs dozens of times. Set before JAX starts.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="irnn-jax-test-xla-cache-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def make_images(n: int, seed: int):
@@ -47,3 +62,47 @@ def tiny_config(data_dir, preset="keras", **overrides):
     for k, v in overrides.items():
         c[k] = v
     return c
+
+
+def strip_timing(rows: list[dict]) -> list[dict]:
+    """Metric rows without the fields that vary from run to run (metrics.TIMING_FIELDS)."""
+    return [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in rows]
+
+
+def read_rows(workdir) -> list[dict]:
+    """WORKDIR/metrics.jsonl without its timing fields."""
+    return strip_timing(metrics.read_rows(Path(workdir) / "metrics.jsonl"))
+
+
+def train_steps(config, num_steps: int, dataset=None):
+    """(setup, state after `num_steps` training steps), through the loop's own setup and jitted chunk."""
+    s = loop.setup(config, dataset)
+    return s, s.chunk_fn(s.state, s.train_data, *s.train_indices(0, num_steps))
+
+
+class SigtermAfterFirstRow:
+    """Context manager: SIGTERM to this process once `path` (a metrics.jsonl) holds an evaluation row,
+    from a watcher thread, as a scheduler would send it: at a moment the run does not choose."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.sent = threading.Event()
+        self._done = threading.Event()
+
+    def _watch(self):
+        while not self._done.is_set():
+            if self.path.exists() and self.path.read_text().count("\n") >= 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+                self.sent.set()
+                return
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        return False

@@ -9,13 +9,13 @@ import sys
 import jax
 import numpy as np
 
-from irnn_jax import parallel, train
+from irnn_jax import loop, parallel
 from tests.conftest import tiny_config
 
 
 def main(workdir: str, data_dir: str, overrides: str) -> None:
     config = tiny_config(data_dir, **json.loads(overrides))
-    result = train.train_and_evaluate(config, workdir)
+    result = loop.train_and_evaluate(config, workdir)
     leaves = jax.tree_util.tree_flatten_with_path(parallel.fetch(result.state.params))[0]
     if parallel.is_main_process():
         np.savez(f"{workdir}/params.npz", **{jax.tree_util.keystr(p): np.asarray(x) for p, x in leaves})

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 
@@ -5,46 +6,35 @@ import jax
 import numpy as np
 import pytest
 
-from irnn_jax import checkpoint, metrics, train
-from tests.conftest import tiny_config
+from irnn_jax import checkpoint, loop, metrics, train
+from tests.conftest import SigtermAfterFirstRow, read_rows, tiny_config
 
 
 def _files(path):
-    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*"))
+    """Every file and its modification time, but the lock, which each attempt takes."""
+    return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*") if p.name != ".lock")
 
 
-def _assert_same_rows(a, b):
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in rows]  # noqa: E731
-    assert strip(metrics.read_rows(a)) == strip(metrics.read_rows(b))
-
-
-def test_signal_then_resume_is_bit_identical_to_straight(idx_dir, tmp_path, monkeypatch):
-    # Eval at 5, 10, ...; SIGTERM arrives at step 6: the resumed run must carry
-    # the training-metric sums of steps 6..8 through the checkpoint.
-    straight = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "a")
-    batch_indices = train.data_lib.batch_indices
-
-    def batch_indices_then_signal(step, *args):
-        if step == 6:  # while the host prepares the chunk that holds step 6
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch_indices(step, *args)
-
-    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices_then_signal)
-    first = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "b")
-    # The chunk after step 6 ends at the checkpoint step 8 (steps_per_call 3, checkpoints every 4).
-    assert first.stopped_by_signal and first.step == 8
-    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices)
-    resumed = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=30), tmp_path / "b")
-    assert resumed.step == 30 and not resumed.stopped_by_signal
+def test_signal_then_resume_is_bit_identical_to_straight(idx_dir, tmp_path):
+    # Evaluations every 5 steps; SIGTERM arrives from outside after the first one, at a step the run
+    # does not choose. The resumed run must carry the training-metric sums since the last evaluation
+    # through the checkpoint.
+    config = tiny_config(idx_dir, num_train_steps=120, eval_every_steps=5, checkpoint_every_steps=50)
+    straight = loop.train_and_evaluate(config, tmp_path / "a")
+    with SigtermAfterFirstRow(tmp_path / "b" / "metrics.jsonl") as sigterm:
+        first = loop.train_and_evaluate(config, tmp_path / "b")
+    assert sigterm.sent.is_set() and first.stopped_by_signal and 5 <= first.step < 120
+    resumed = loop.train_and_evaluate(config, tmp_path / "b")
+    assert resumed.step == 120 and not resumed.stopped_by_signal
     jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
     jax.tree.map(np.testing.assert_array_equal, straight.state.opt_state, resumed.state.opt_state)
-    _assert_same_rows(tmp_path / "a" / "metrics.jsonl", tmp_path / "b" / "metrics.jsonl")
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
 
 
 def test_a_finished_run_can_be_extended(idx_dir, tmp_path):
-    straight = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
-    train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=7), tmp_path / "b")
-    extended = train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "b")
+    straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=7), tmp_path / "b")
+    extended = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, straight.state.params, extended.state.params)
     # The short run's last step (7) was evaluated; every other row is the same.
     steps = [r["step"] for r in metrics.read_rows(tmp_path / "b" / "metrics.jsonl")]
@@ -52,12 +42,12 @@ def test_a_finished_run_can_be_extended(idx_dir, tmp_path):
 
 
 def test_other_model_is_refused_and_nothing_is_touched(idx_dir, tmp_path):
-    train.train_and_evaluate(tiny_config(idx_dir), tmp_path)
+    loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
     before = _files(tmp_path)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"hidden_size: checkpoint has 8, this run has 16"):
-        train.train_and_evaluate(tiny_config(idx_dir, hidden_size=16), tmp_path)
+        loop.train_and_evaluate(tiny_config(idx_dir, hidden_size=16), tmp_path)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"learning_rate"):
-        train.train_and_evaluate(tiny_config(idx_dir, learning_rate=1e-3), tmp_path)
+        loop.train_and_evaluate(tiny_config(idx_dir, learning_rate=1e-3), tmp_path)
     assert _files(tmp_path) == before
 
 
@@ -67,8 +57,8 @@ def test_checkpoint_without_config_is_refused(idx_dir, tmp_path):
     state = train.create_state(c)
     ckpt.save(3, state, {"something": "else"})
     ckpt.close()
-    with pytest.raises(checkpoint.CheckpointMismatchError, match="different config"):
-        train.train_and_evaluate(c, tmp_path)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="no config in its meta item"):
+        loop.train_and_evaluate(c, tmp_path)
 
 
 def test_param_shapes_guard(idx_dir, tmp_path):
@@ -98,3 +88,157 @@ def test_stop_on_signal_sets_a_flag_then_restores_the_handler():
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested and stop.received == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+# ------------------------------------------------------- damaged checkpoints
+
+
+def _damage_arrays(step_dir, damage):
+    """Damages every array data file of a checkpoint's state (OCDBT keeps them in `d/` folders;
+    which copy a restore reads depends on the layout, so all of them)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for path in files:
+        damage(path)
+
+
+def _flip_bytes(path, count=64):
+    raw = bytearray(path.read_bytes())
+    middle = len(raw) // 2
+    for i in range(middle, min(middle + count, len(raw))):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def _truncate(path, size=100):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _steps(directory):
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+@pytest.mark.parametrize("damage", [_flip_bytes, _truncate], ids=["flipped", "truncated"])
+def test_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_the_one_before(
+    idx_dir, tmp_path, damage, caplog
+):
+    config = tiny_config(idx_dir)  # checkpoints at 4, 8, 12; evaluations at 5, 10, 12
+    straight = loop.train_and_evaluate(config, tmp_path / "a")
+    loop.train_and_evaluate(config, tmp_path / "b")
+    _damage_arrays(tmp_path / "b" / "checkpoints" / "12", damage)
+    resumed = loop.train_and_evaluate(config, tmp_path / "b")
+    assert "checkpoint 12" in caplog.text and "unusable" in caplog.text
+    assert _steps(tmp_path / "b" / "checkpoints") == [4, 8, 12]  # 12 trained again from 8, saved anew
+    assert [p.name.split("-")[0] for p in (tmp_path / "b" / "checkpoints_bad").iterdir()] == ["12"]
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
+    jax.tree.map(np.testing.assert_array_equal, straight.state.opt_state, resumed.state.opt_state)
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
+
+
+def test_no_good_checkpoint_left_stops_with_an_error_and_does_not_start_over(idx_dir, tmp_path):
+    config = tiny_config(idx_dir)
+    loop.train_and_evaluate(config, tmp_path)
+    for step in (4, 8, 12):
+        _damage_arrays(tmp_path / "checkpoints" / str(step), _truncate)
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(checkpoint.CheckpointCorruptError, match="no usable checkpoint.*checkpoints_bad"):
+        loop.train_and_evaluate(config, tmp_path)
+    assert len(list((tmp_path / "checkpoints_bad").iterdir())) == 3
+    with pytest.raises(checkpoint.CheckpointCorruptError):  # and not on the next attempt either
+        loop.train_and_evaluate(config, tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+
+
+def test_checksum_is_over_every_leaf(idx_dir):
+    state = train.create_state(tiny_config(idx_dir))
+    one = checkpoint.state_checksum(state)
+    assert one == checkpoint.state_checksum(jax.tree.map(np.array, state))  # a copy has the same sum
+    changed = state.replace(sums={**state.sums, "count": state.sums["count"] + 1})
+    assert checkpoint.state_checksum(changed) != one
+
+
+# -------------------------------------------------------------- torn files
+
+
+def test_torn_last_metrics_line_is_dropped_and_the_run_resumes(idx_dir, tmp_path, caplog):
+    straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), tmp_path / "b")
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 30')  # a write cut short by a kill
+    extended = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "b")
+    assert "torn last line" in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, extended.state.params)
+    assert [r["step"] for r in read_rows(tmp_path / "b")] == [5, 10, 12, 15, 20]
+
+
+def test_unreadable_line_before_the_last_is_an_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2\n{"step": 3}\n')
+    with pytest.raises(metrics.MetricsFileError, match="line 2"):
+        metrics.read_rows(tmp_path / "metrics.jsonl")
+
+
+def test_torn_run_json_is_set_aside_and_the_run_resumes(idx_dir, tmp_path, caplog):
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=8), tmp_path)
+    (tmp_path / "run.json").write_text('{"sessions": [{"command": "python -m')
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), tmp_path)
+    assert "run.json is unreadable" in caplog.text
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert len(info["sessions"]) == 1 and info["preset"] == "keras"
+    assert len(list(tmp_path.glob("run.json.unreadable-*"))) == 1
+
+
+# --------------------------------------------------- time-based checkpoints
+
+
+def test_checkpoint_every_seconds_saves_more_often_and_changes_no_number(idx_dir, tmp_path):
+    by_steps = loop.train_and_evaluate(tiny_config(idx_dir, steps_per_call=2), tmp_path / "steps")
+    timed_config = tiny_config(idx_dir, steps_per_call=2, checkpoint_every_seconds=1e-6)  # after every call
+    timed = loop.train_and_evaluate(timed_config, tmp_path / "timed")
+    assert _steps(tmp_path / "steps" / "checkpoints") == [4, 8, 12]
+    assert _steps(tmp_path / "timed" / "checkpoints") == [8, 10, 12]  # every call's end, 3 kept
+    jax.tree.map(np.testing.assert_array_equal, by_steps.state.params, timed.state.params)
+    assert read_rows(tmp_path / "steps") == read_rows(tmp_path / "timed")
+
+
+# --------------------------------------------- checkpoints of older versions
+
+
+def _as_older_version(workdir, drop_fields):
+    """Rewrites every checkpoint's meta as a version-1 irnn-jax wrote it: no config version, no
+    checksum or state layout, and a config without `drop_fields`."""
+    for meta_file in (workdir / "checkpoints").glob("*/meta/metadata"):
+        meta = json.loads(meta_file.read_text())
+        for key in ("config_version", "state_sha256", "state_structure"):
+            meta.pop(key)
+        for field in drop_fields:
+            meta["config"].pop(field)
+        meta_file.write_text(json.dumps(meta))
+
+
+def test_checkpoint_from_before_a_field_existed_resumes_with_its_default(idx_dir, tmp_path, caplog):
+    straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), tmp_path / "b")
+    _as_older_version(tmp_path / "b", list(checkpoint.ADDED_FIELDS))
+    extended = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "b")
+    assert "predates checksums" in caplog.text
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, extended.state.params)
+
+
+def test_checkpoint_from_before_a_field_existed_is_refused_when_the_run_needs_another_value(idx_dir, tmp_path):
+    loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
+    _as_older_version(tmp_path, ["input_std"])
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"input_std: checkpoint has 1.0 \(not in the"):
+        loop.train_and_evaluate(tiny_config(idx_dir, input_std=0.5), tmp_path)
+
+
+def test_checkpoint_without_a_field_of_unknown_default_is_refused(idx_dir, tmp_path):
+    loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
+    _as_older_version(tmp_path, ["shuffle"])
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"older version.*\['shuffle'\]"):
+        loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
+
+
+def test_a_schedule_makes_the_run_length_part_of_the_config(idx_dir, tmp_path):
+    loop.train_and_evaluate(tiny_config(idx_dir, lr_schedule="cosine", num_train_steps=8), tmp_path)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="num_train_steps"):
+        loop.train_and_evaluate(tiny_config(idx_dir, lr_schedule="cosine", num_train_steps=12), tmp_path)

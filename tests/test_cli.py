@@ -2,16 +2,17 @@
 
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
-from pathlib import Path
+import time
 
 import pytest
 
 from experiments.configs import base, pixel_mnist
-from irnn_jax import parallel
-
-ROOT = Path(__file__).resolve().parent.parent
+from irnn_jax import metrics, parallel
+from tests.conftest import ROOT
 
 
 def _run(*args, timeout=120, experiment="pixel_mnist"):
@@ -125,3 +126,43 @@ def test_adding_reports_its_test_loss_at_the_end(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"^done: step 3, test loss \d+\.\d{4}$", out.stdout, re.MULTILINE), out.stdout
+
+
+def test_unknown_config_field_names_the_nearest_real_ones(tmp_path):
+    out = _run(f"--workdir={tmp_path}", "--config.learning_rat=1e-4", "--config.nosuchfield=1")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "no config field 'learning_rat'; did you mean learning_rate" in out.stderr
+    assert "no config field 'nosuchfield'" in out.stderr
+    assert not tmp_path.joinpath("run.json").exists()
+
+
+def test_negative_num_epochs_exits_1_with_a_message(tmp_path):
+    out = _run(f"--workdir={tmp_path}", "--config.num_epochs=-3")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "num_epochs must be an integer >= 1" in out.stderr
+
+
+def test_a_second_writer_of_a_workdir_is_refused_and_the_first_is_untouched(idx_dir, tmp_path):
+    """The same command started twice on one workdir: the second stops at once, naming the first."""
+    args = [f"--workdir={tmp_path}", f"--config.data_dir={idx_dir}", "--config.hidden_size=4",
+            "--config.batch_size=2", "--config.num_train_steps=100000", "--config.eval_every_steps=50",
+            "--config.progress_bar=False", "--cpu_devices=1"]  # fmt: skip
+    first = subprocess.Popen(
+        [sys.executable, "-m", "experiments.pixel_mnist", *args], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").read_text():
+            assert first.poll() is None and time.monotonic() < deadline, "the first run did not start training"
+            time.sleep(0.1)
+        second = _run(*args)
+        assert second.returncode == 1 and "Traceback" not in second.stderr
+        assert f"is in use by pid {first.pid} on host {socket.gethostname()}, started 20" in second.stderr
+        assert first.poll() is None  # still running
+    finally:
+        first.send_signal(signal.SIGTERM)  # saves and stops
+        out, _ = first.communicate(timeout=120)
+    assert first.returncode == 0, out[-3000:]
+    steps = [r["step"] for r in metrics.read_rows(tmp_path / "metrics.jsonl")]
+    assert steps == sorted(set(steps)) and len(json.loads((tmp_path / "run.json").read_text())["sessions"]) == 1

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from irnn_jax import metrics
-from tests.conftest import write_idx_dir
+from tests.conftest import ROOT, write_idx_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "cluster" / "pixel_mnist.sbatch"
 JOB_ID = "4242"
 STEPS = 1500

@@ -2,15 +2,14 @@
 
 import json
 import sys
-from pathlib import Path
 
 import nbclient
 import nbformat
 import pytest
 
 from irnn_jax import metrics
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "pixel_mnist_colab.ipynb"
 KERNEL = "irnn-jax-test"
 

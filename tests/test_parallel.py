@@ -10,10 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from irnn_jax import metrics, parallel, train
-from tests.conftest import tiny_config
-
-ROOT = Path(__file__).resolve().parent.parent
+from irnn_jax import loop, metrics, parallel
+from tests.conftest import ROOT, tiny_config
 
 
 def _run_on(devices: int, workdir: Path, data_dir, **overrides) -> dict:
@@ -49,7 +47,7 @@ def test_sweep_sharded_over_4_devices_equals_1_device(idx_dir, tmp_path):
     # for 1 run instead of 4 and may pick other kernels: equal to rtol 1e-5
     # (seen: 10 of 256 elements differ, by at most 4.5e-7 relative).
     four = _run_on(4, tmp_path / "four", idx_dir, **SWEEP)
-    one = _params_here(train.train_and_evaluate(tiny_config(idx_dir, **SWEEP), tmp_path / "one"))
+    one = _params_here(loop.train_and_evaluate(tiny_config(idx_dir, **SWEEP), tmp_path / "one"))
     assert four["['rnn']['kernel']"].shape[0] == 4
     _assert_close(four, one)
 
@@ -61,7 +59,7 @@ def test_single_run_data_parallel_over_4_devices(idx_dir, tmp_path, batch_size):
     # batches of 20 are split too). Batch 6 does not divide: every device takes the whole batch.
     overrides = dict(num_train_steps=8, batch_size=batch_size, eval_every_steps=4)
     four = _run_on(4, tmp_path / "four", idx_dir, **overrides)
-    one_result = train.train_and_evaluate(tiny_config(idx_dir, **overrides), tmp_path / "one")
+    one_result = loop.train_and_evaluate(tiny_config(idx_dir, **overrides), tmp_path / "one")
     _assert_close(four, _params_here(one_result))
     rows = metrics.read_rows(tmp_path / "four" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [4, 8]
@@ -90,16 +88,16 @@ def test_cpu_devices_leave_a_count_set_by_the_user(monkeypatch):
 @pytest.mark.parametrize("first,second", [(4, 1), (1, 2)])
 def test_checkpoint_restores_on_another_device_count(idx_dir, tmp_path, first, second):
     straight = _params_here(
-        train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12, sweep="seed=0,1,2,3"), tmp_path / "s")
+        loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12, sweep="seed=0,1,2,3"), tmp_path / "s")
     )
     work = tmp_path / "w"
     if first == 1:
-        train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=6, sweep="seed=0,1,2,3"), work)
+        loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=6, sweep="seed=0,1,2,3"), work)
     else:
         _run_on(first, work, idx_dir, num_train_steps=6, sweep="seed=0,1,2,3")
     if second == 1:
         resumed = _params_here(
-            train.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12, sweep="seed=0,1,2,3"), work)
+            loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12, sweep="seed=0,1,2,3"), work)
         )
     else:
         resumed = _run_on(second, work, idx_dir, num_train_steps=12, sweep="seed=0,1,2,3")
@@ -134,7 +132,7 @@ def test_two_processes_on_localhost(idx_dir, tmp_path):
         info = json.loads(out.strip().splitlines()[-1])
         assert (info["processes"], info["devices"], info["step"]) == (2, 2, 8)
     params = np.load(work / "params.npz")
-    one = _params_here(train.train_and_evaluate(tiny_config(idx_dir, **SWEEP), tmp_path / "one"))
+    one = _params_here(loop.train_and_evaluate(tiny_config(idx_dir, **SWEEP), tmp_path / "one"))
     _assert_close({k: params[k] for k in params.files}, one)
     rows = [r["step"] for r in metrics.read_rows(work / "runs" / "000_seed=0" / "metrics.jsonl")]
     assert rows == [5, 8]  # written once, by process 0

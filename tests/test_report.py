@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from experiments import cli, report
+from experiments import report
 from experiments.configs import adding, pixel_mnist, row_mnist
-from irnn_jax import train
+from irnn_jax import loop
 from tests.conftest import tiny_config
 
 
@@ -12,13 +12,11 @@ from tests.conftest import tiny_config
 def two_runs(idx_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     c = tiny_config(idx_dir, "keras_default_init", num_train_steps=6, eval_every_steps=3)
-    cli.record_session(root / "s1", "pixel_mnist", c)
-    train.train_and_evaluate(c, root / "s1")
+    loop.train_and_evaluate(c, root / "s1")
     a = adding.get_config("irnn_150")
     a.sequence_length, a.num_train_examples, a.num_test_examples = 10, 32, 16
     a.hidden_size, a.num_train_steps, a.eval_every_steps, a.progress_bar = 4, 4, 2, False
-    cli.record_session(root / "add", "adding", a)
-    train.train_and_evaluate(a, root / "add")
+    loop.train_and_evaluate(a, root / "add")
     return root / "s1", root / "add"
 
 

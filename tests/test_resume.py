@@ -11,9 +11,8 @@ import jax
 import numpy as np
 
 from irnn_jax import checkpoint, metrics, train
-from tests.conftest import tiny_config
+from tests.conftest import ROOT, read_rows, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 STEPS = 1500
 FLAGS = [
     "--config.hidden_size=8",
@@ -85,8 +84,7 @@ def test_sigterm_then_resume_equals_straight_run(idx_dir, tmp_path):
     a, b = _final_params(tmp_path / "straight", idx_dir), _final_params(work, idx_dir)
     jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
     jax.tree.map(np.testing.assert_array_equal, a.opt_state, b.opt_state)
-    strip = lambda p: [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in metrics.read_rows(p)]  # noqa: E731
-    rows = strip(work / "metrics.jsonl")
+    rows = read_rows(work)
     assert [r["step"] for r in rows] == list(range(200, STEPS + 1, 200)) + [STEPS]
-    assert rows == strip(tmp_path / "straight" / "metrics.jsonl")
+    assert rows == read_rows(tmp_path / "straight")
     print("stopped at", stopped_at, os.linesep)

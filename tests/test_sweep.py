@@ -1,20 +1,13 @@
 """Sweeps: many runs in one jitted step, each equal to the same config run alone."""
 
-import os
-import signal
-
 import jax
 import numpy as np
 import pytest
 
-from irnn_jax import metrics, sweep, train
-from tests.conftest import tiny_config
+from irnn_jax import loop, metrics, sweep, train
+from tests.conftest import SigtermAfterFirstRow, read_rows, strip_timing, tiny_config
 
 SPEC = "seed=0,1 learning_rate=1e-4,1e-3 clip_norm=1,0"
-
-
-def _strip(rows):
-    return [{k: v for k, v in r.items() if k not in metrics.TIMING_FIELDS} for r in rows]
 
 
 def test_parse_and_expand(idx_dir):
@@ -33,7 +26,7 @@ def test_parse_and_expand(idx_dir):
 )
 def test_bad_specs_are_refused(idx_dir, spec, message, tmp_path):
     with pytest.raises(train.ConfigError, match=message):
-        train.train_and_evaluate(tiny_config(idx_dir, sweep=spec), tmp_path)
+        loop.train_and_evaluate(tiny_config(idx_dir, sweep=spec), tmp_path)
 
 
 @pytest.mark.parametrize("recurrence", ["scan", "fused"])
@@ -42,14 +35,14 @@ def test_each_run_of_a_sweep_equals_the_run_alone(idx_dir, tmp_path, recurrence)
     # same step). With "fused", vmap turns its weight-gradient matmul and bias sum over all T*B rows
     # into batched ones, which XLA sums in another order: equal to float32 rounding (seen: 2.9e-7).
     config = tiny_config(idx_dir, num_train_steps=9, sweep=SPEC + " recurrent_gain=1,0.8", recurrence=recurrence)
-    result = train.train_and_evaluate(config, tmp_path / "sweep")
+    result = loop.train_and_evaluate(config, tmp_path / "sweep")
     runs = sweep.expand(config)
     assert result.run_names == [n for n, _ in runs] and len(runs) == 16
     for k in (0, 5, 10, 15):
         name, run_config = runs[k]
-        alone = train.train_and_evaluate(run_config, tmp_path / f"alone{k}")
-        swept_rows = _strip(metrics.read_rows(tmp_path / "sweep" / "runs" / name / "metrics.jsonl"))
-        alone_rows = _strip(metrics.read_rows(tmp_path / f"alone{k}" / "metrics.jsonl"))
+        alone = loop.train_and_evaluate(run_config, tmp_path / f"alone{k}")
+        swept_rows = strip_timing(metrics.read_rows(tmp_path / "sweep" / "runs" / name / "metrics.jsonl"))
+        alone_rows = strip_timing(metrics.read_rows(tmp_path / f"alone{k}" / "metrics.jsonl"))
         if recurrence == "scan":
             jax.tree.map(np.testing.assert_array_equal, sweep.unstack(result.state.params, k), alone.state.params)
             assert swept_rows == alone_rows
@@ -61,31 +54,23 @@ def test_each_run_of_a_sweep_equals_the_run_alone(idx_dir, tmp_path, recurrence)
     np.testing.assert_allclose(lrs, [c.learning_rate for _, c in runs])
 
 
-def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path, monkeypatch):
-    config = tiny_config(idx_dir, num_train_steps=14, sweep="seed=0,1,2")
-    straight = train.train_and_evaluate(config, tmp_path / "a")
-    batch_indices = train.data_lib.batch_indices
-
-    def signal_at_step_7(step, *args):
-        if step == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return batch_indices(step, *args)
-
-    monkeypatch.setattr(train.data_lib, "batch_indices", signal_at_step_7)
-    first = train.train_and_evaluate(config, tmp_path / "b")
-    assert first.stopped_by_signal and first.step < 14
-    monkeypatch.setattr(train.data_lib, "batch_indices", batch_indices)
-    resumed = train.train_and_evaluate(config, tmp_path / "b")
+def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path):
+    config = tiny_config(idx_dir, num_train_steps=60, sweep="seed=0,1,2")
+    straight = loop.train_and_evaluate(config, tmp_path / "a")
+    first_run = tmp_path / "b" / "runs" / straight.run_names[0]
+    with SigtermAfterFirstRow(first_run / "metrics.jsonl") as sigterm:
+        first = loop.train_and_evaluate(config, tmp_path / "b")
+    assert sigterm.sent.is_set() and first.stopped_by_signal and first.step < 60
+    resumed = loop.train_and_evaluate(config, tmp_path / "b")
     jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
     assert [p.name for p in (tmp_path / "b" / "checkpoints").iterdir() if p.name.isdigit()]
     for name in straight.run_names:
-        a = metrics.read_rows(tmp_path / "a" / "runs" / name / "metrics.jsonl")
-        assert _strip(a) == _strip(metrics.read_rows(tmp_path / "b" / "runs" / name / "metrics.jsonl"))
+        assert read_rows(tmp_path / "a" / "runs" / name) == read_rows(tmp_path / "b" / "runs" / name)
 
 
 def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
     config = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, num_train_steps=15, sweep="learning_rate=1e-4,1e6")
-    result = train.train_and_evaluate(config, tmp_path)
+    result = loop.train_and_evaluate(config, tmp_path)
     good, bad = result.run_names
     good_rows = metrics.read_rows(tmp_path / "runs" / good / "metrics.jsonl")
     bad_rows = metrics.read_rows(tmp_path / "runs" / bad / "metrics.jsonl")

@@ -22,11 +22,11 @@ longer lengths.
 """
 
 from experiments.configs.base import base_config
+from irnn_jax import recurrence
 
 CELLS = ("irnn", "lstm", "rnn_tanh")
 LENGTHS = (150, 200, 300, 400)
 PRESETS = tuple(f"{cell}_{t}" for cell in CELLS for t in LENGTHS)
-BASELINE_MSE = 1.0 / 6.0
 REPORTED = {p: dict(value=None, step=None, text="MSE well below 0.167 = converged") for p in PRESETS}
 REPORTED.update(
     {
@@ -51,7 +51,7 @@ def get_config(preset: str = "irnn_150"):
     c.num_test_examples = 10_000  # generated test sequences
     c.data_seed = 0  # seed of the generated training and test sets
     c.cell = cell
-    c.recurrence = "scan" if cell == "lstm" else "fused"  # the custom-VJP recurrence where it applies
+    c.recurrence = recurrence.fastest_for(cell)
     c.hidden_size = 100
     c.optimizer = "adam"
     c.learning_rate = {150: 1e-4, 200: 1e-4, 300: 1e-5, 400: 1e-6}[int(length)]

@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_offset = 0  # evaluate at steps offset + k * eval_every_steps
     c.eval_batch_size = 1000
     c.checkpoint_every_steps = 1875  # also at the last step and on SIGTERM/SIGINT
+    c.checkpoint_every_seconds = 0.0  # also when this long has passed since the last save (Colab, spot VMs); 0: off
     c.max_checkpoints_to_keep = 3
     c.steps_per_call = 25  # optimiser steps per jitted call; the host checks the loss between calls
     c.progress_bar = True
