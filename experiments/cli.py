@@ -62,6 +62,7 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         f"CONFIG FIELDS (override with --config.FIELD=VALUE; presets change some defaults):\n"
         f"{field_help(config_file)}\n"
     ).replace("%", "%%")
+    _exit_on_unknown_fields(presets_module)  # before DEFINE_config_file, which reads the overrides at once
     workdir_flag = flags.DEFINE_string(
         "workdir", None, f"run directory; default runs/{experiment}/<preset name>. Resumes if it holds a checkpoint."
     )
@@ -104,7 +105,6 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         else:
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 
-    _exit_on_unknown_fields(presets_module)
     app.run(main)
 
 

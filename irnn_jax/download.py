@@ -113,8 +113,9 @@ def _probe(url: str, timeout: float, dataset: str, cache_dir: Path) -> None:
 
 
 def _download(name: str, spec: FileSpec, folder: Path, timeout: float) -> None:
-    """Downloads to NAME.part, checks size and sha256, then renames atomically to NAME."""
-    part, digest, size = folder / (name + ".part"), hashlib.sha256(), 0
+    """Downloads to NAME.part-PID (one per process: two runs may fetch at once), checks size and
+    sha256, then renames atomically to NAME."""
+    part, digest, size = folder / f"{name}.part-{os.getpid()}", hashlib.sha256(), 0
     logging.info("downloading %s (%d bytes) to %s", spec.url, spec.size, folder)
     try:
         with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(part, "wb") as out:

@@ -7,6 +7,8 @@ import pytest
 from benchmarks import compare
 from irnn_jax import parallel
 
+pytestmark = pytest.mark.slow  # benchmark subprocesses
+
 
 def test_flop_per_sample_matches_reference():
     # REFERENCE.md: 784 x (2x100x100 + 2x100) x 3, "about 47 MFLOP forward and backward".

@@ -15,6 +15,7 @@ def _files(path):
     return sorted((str(p.relative_to(path)), p.stat().st_mtime_ns) for p in path.rglob("*") if p.name != ".lock")
 
 
+@pytest.mark.slow
 def test_signal_then_resume_is_bit_identical_to_straight(idx_dir, tmp_path):
     # Evaluations every 5 steps; SIGTERM arrives from outside after the first one, at a step the run
     # does not choose. The resumed run must carry the training-metric sums since the last evaluation
@@ -31,6 +32,7 @@ def test_signal_then_resume_is_bit_identical_to_straight(idx_dir, tmp_path):
     assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_a_finished_run_can_be_extended(idx_dir, tmp_path):
     straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
     loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=7), tmp_path / "b")
@@ -41,6 +43,7 @@ def test_a_finished_run_can_be_extended(idx_dir, tmp_path):
     assert steps == [5, 7, 10, 15, 20]
 
 
+@pytest.mark.slow
 def test_other_model_is_refused_and_nothing_is_touched(idx_dir, tmp_path):
     loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
     before = _files(tmp_path)
@@ -51,6 +54,7 @@ def test_other_model_is_refused_and_nothing_is_touched(idx_dir, tmp_path):
     assert _files(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_checkpoint_without_config_is_refused(idx_dir, tmp_path):
     c = tiny_config(idx_dir)
     ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints")
@@ -118,6 +122,7 @@ def _steps(directory):
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", [_flip_bytes, _truncate], ids=["flipped", "truncated"])
 def test_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_the_one_before(
     idx_dir, tmp_path, damage, caplog
@@ -135,6 +140,7 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_the_one
     assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
 
 
+@pytest.mark.slow
 def test_no_good_checkpoint_left_stops_with_an_error_and_does_not_start_over(idx_dir, tmp_path):
     config = tiny_config(idx_dir)
     loop.train_and_evaluate(config, tmp_path)
@@ -160,6 +166,7 @@ def test_checksum_is_over_every_leaf(idx_dir):
 # -------------------------------------------------------------- torn files
 
 
+@pytest.mark.slow
 def test_torn_last_metrics_line_is_dropped_and_the_run_resumes(idx_dir, tmp_path, caplog):
     straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
     loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), tmp_path / "b")
@@ -177,6 +184,7 @@ def test_unreadable_line_before_the_last_is_an_error(tmp_path):
         metrics.read_rows(tmp_path / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_torn_run_json_is_set_aside_and_the_run_resumes(idx_dir, tmp_path, caplog):
     loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=8), tmp_path)
     (tmp_path / "run.json").write_text('{"sessions": [{"command": "python -m')
@@ -190,6 +198,7 @@ def test_torn_run_json_is_set_aside_and_the_run_resumes(idx_dir, tmp_path, caplo
 # --------------------------------------------------- time-based checkpoints
 
 
+@pytest.mark.slow
 def test_checkpoint_every_seconds_saves_more_often_and_changes_no_number(idx_dir, tmp_path):
     by_steps = loop.train_and_evaluate(tiny_config(idx_dir, steps_per_call=2), tmp_path / "steps")
     timed_config = tiny_config(idx_dir, steps_per_call=2, checkpoint_every_seconds=1e-6)  # after every call
@@ -215,6 +224,7 @@ def _as_older_version(workdir, drop_fields):
         meta_file.write_text(json.dumps(meta))
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_a_field_existed_resumes_with_its_default(idx_dir, tmp_path, caplog):
     straight = loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=20), tmp_path / "a")
     loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), tmp_path / "b")
@@ -224,6 +234,7 @@ def test_checkpoint_from_before_a_field_existed_resumes_with_its_default(idx_dir
     jax.tree.map(np.testing.assert_array_equal, straight.state.params, extended.state.params)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_before_a_field_existed_is_refused_when_the_run_needs_another_value(idx_dir, tmp_path):
     loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
     _as_older_version(tmp_path, ["input_std"])
@@ -231,6 +242,7 @@ def test_checkpoint_from_before_a_field_existed_is_refused_when_the_run_needs_an
         loop.train_and_evaluate(tiny_config(idx_dir, input_std=0.5), tmp_path)
 
 
+@pytest.mark.slow
 def test_checkpoint_without_a_field_of_unknown_default_is_refused(idx_dir, tmp_path):
     loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
     _as_older_version(tmp_path, ["shuffle"])
@@ -238,6 +250,7 @@ def test_checkpoint_without_a_field_of_unknown_default_is_refused(idx_dir, tmp_p
         loop.train_and_evaluate(tiny_config(idx_dir), tmp_path)
 
 
+@pytest.mark.slow
 def test_a_schedule_makes_the_run_length_part_of_the_config(idx_dir, tmp_path):
     loop.train_and_evaluate(tiny_config(idx_dir, lr_schedule="cosine", num_train_steps=8), tmp_path)
     with pytest.raises(checkpoint.CheckpointMismatchError, match="num_train_steps"):

@@ -25,6 +25,7 @@ def _run(*args, timeout=120, experiment="pixel_mnist"):
     )
 
 
+@pytest.mark.slow
 def test_help_lists_every_field_and_preset():
     out = _run("--help")  # absl's --help exits 1 by convention
     assert "CONFIG FIELDS" in out.stdout, out.stderr
@@ -66,18 +67,21 @@ def test_keras_presets_match_the_sources():
     assert (s1.cell, s1.batch_size, s1.num_epochs, s1.learning_rate) == ("rnn_relu", 1024, 10, 1e-6)
 
 
+@pytest.mark.slow
 def test_bad_value_exits_1_with_a_message(tmp_path):
     out = _run(f"--workdir={tmp_path}", "--config.batch_size=0")
     assert out.returncode == 1
     assert "batch_size must be an integer >= 1" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_dir_exits_1_with_a_message(tmp_path):
     out = _run(f"--workdir={tmp_path / 'w'}", f"--config.data_dir={tmp_path / 'none'}")
     assert out.returncode == 1
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
     out = _run(
         f"--workdir={tmp_path}",
@@ -95,6 +99,7 @@ def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
     assert json.loads((tmp_path / "run.json").read_text())["sessions"][0]["devices"] == f"{expected} x cpu"
 
 
+@pytest.mark.slow
 def test_cpu_devices_flag_splits_the_batch(idx_dir, tmp_path):
     out = _run(
         f"--workdir={tmp_path}",
@@ -111,6 +116,7 @@ def test_cpu_devices_flag_splits_the_batch(idx_dir, tmp_path):
     assert "3 device(s)" in out.stderr  # the loop's start-up line
 
 
+@pytest.mark.slow
 def test_adding_reports_its_test_loss_at_the_end(tmp_path):
     # A regression task: the closing line has a test loss and no accuracy.
     out = _run(
@@ -128,6 +134,7 @@ def test_adding_reports_its_test_loss_at_the_end(tmp_path):
     assert re.search(r"^done: step 3, test loss \d+\.\d{4}$", out.stdout, re.MULTILINE), out.stdout
 
 
+@pytest.mark.slow
 def test_unknown_config_field_names_the_nearest_real_ones(tmp_path):
     out = _run(f"--workdir={tmp_path}", "--config.learning_rat=1e-4", "--config.nosuchfield=1")
     assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -136,12 +143,14 @@ def test_unknown_config_field_names_the_nearest_real_ones(tmp_path):
     assert not tmp_path.joinpath("run.json").exists()
 
 
+@pytest.mark.slow
 def test_negative_num_epochs_exits_1_with_a_message(tmp_path):
     out = _run(f"--workdir={tmp_path}", "--config.num_epochs=-3")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "num_epochs must be an integer >= 1" in out.stderr
 
 
+@pytest.mark.slow
 def test_a_second_writer_of_a_workdir_is_refused_and_the_first_is_untouched(idx_dir, tmp_path):
     """The same command started twice on one workdir: the second stops at once, naming the first."""
     args = [f"--workdir={tmp_path}", f"--config.data_dir={idx_dir}", "--config.hidden_size=4",

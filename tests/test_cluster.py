@@ -19,6 +19,8 @@ import pytest
 from irnn_jax import metrics
 from tests.conftest import ROOT, write_idx_dir
 
+pytestmark = pytest.mark.slow  # the SLURM script around real runs
+
 SCRIPT = ROOT / "experiments" / "cluster" / "pixel_mnist.sbatch"
 JOB_ID = "4242"
 STEPS = 1500

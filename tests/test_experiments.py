@@ -1,5 +1,6 @@
 """Every preset of every experiment: parameter counts, settings, data order."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from irnn_jax import input_pipeline, loop, metrics, model, train
 KERAS_PARAMS = {
     ("row_mnist", "keras_relu16"): 890,
     ("row_mnist", "tanh50_dense30"): 5_790,
+    ("row_mnist", "tanh50_dense30_as_logged"): 5_790,
     ("row_mnist", "tanh50"): 4_460,
     ("pixel_mnist", "keras"): 11_210,
     ("pixel_mnist", "keras_900"): 11_210,
@@ -18,6 +20,9 @@ KERAS_PARAMS = {
     **{("pixel_mnist", f"paper_{c}{s}"): 11_210 for c in ("irnn", "rnn_relu", "rnn_tanh") for s in ("", "_permuted")},
     ("pixel_mnist", "paper_lstm"): 41_810,
     ("pixel_mnist", "paper_lstm_permuted"): 41_810,
+    # irnn_fast changes the recipe only: the paper's 11,210 parameters.
+    ("pixel_mnist", "irnn_fast"): 11_210,
+    ("pixel_mnist", "irnn_fast_permuted"): 11_210,
     # Adding: input 2, SimpleRNN(100) + Dense(1) = 10,300 + 101; LSTM(100) + Dense(1) = 41,200 + 101.
     **{("adding", f"{c}_{t}"): 10_401 for c in ("irnn", "rnn_tanh") for t in adding.LENGTHS},
     **{("adding", f"lstm_{t}"): 41_301 for t in adding.LENGTHS},
@@ -33,7 +38,8 @@ def test_every_preset_is_counted():
 def test_parameter_count_matches_keras(experiment, preset):
     config = MODULES[experiment].get_config(preset)
     train.validate_config(config)
-    state = train.create_state(config)
+    # Shapes only (jax.eval_shape): the count needs no compiled initialisation.
+    state = jax.eval_shape(lambda: train.create_state(config, num_steps=train.total_steps(config, 60_000)))
     assert model.count_params(state.params) == KERAS_PARAMS[(experiment, preset)]
 
 
@@ -62,6 +68,7 @@ def test_s3_s4_batches_are_the_source_loop(preset):
         assert mask.all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["tanh50_dense30", "tanh50"])
 def test_s3_s4_evaluate_after_steps_1_501_and_so_on(preset):
     c = row_mnist.get_config(preset)
@@ -70,6 +77,7 @@ def test_s3_s4_evaluate_after_steps_1_501_and_so_on(preset):
     assert evals == [1 + 500 * k for k in range(9)]
 
 
+@pytest.mark.slow
 def test_s3_as_logged_replays_the_notebooks_second_pass():
     """Its nine evaluations follow steps 4,002 + 500 k, and its batches continue the first pass's
     walk through the training set (the notebook's global BATCH_INDEX)."""
@@ -106,6 +114,7 @@ def test_adding_data():
     assert not np.array_equal(adding_data.generate(10, 150, 0, 1).inputs, x[:10])
 
 
+@pytest.mark.slow
 def test_adding_trains_and_reports_mse(tmp_path):
     c = adding.get_config("irnn_150")
     c.sequence_length, c.num_train_examples, c.num_test_examples = 20, 64, 32

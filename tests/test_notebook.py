@@ -10,6 +10,8 @@ import pytest
 from irnn_jax import metrics
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # executes the whole notebook
+
 NOTEBOOK = ROOT / "notebooks" / "pixel_mnist_colab.ipynb"
 KERNEL = "irnn-jax-test"
 

@@ -13,6 +13,8 @@ import pytest
 from irnn_jax import loop, metrics, parallel
 from tests.conftest import ROOT, tiny_config
 
+pytestmark = pytest.mark.slow  # subprocesses with several devices or processes
+
 
 def _run_on(devices: int, workdir: Path, data_dir, **overrides) -> dict:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")

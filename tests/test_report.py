@@ -1,53 +1,79 @@
+"""The results page: runs read from workdirs and sweep folders, seeds grouped, mean ± std, bands."""
+
 import json
 
+import numpy as np
 import pytest
 
 from experiments import report
 from experiments.configs import adding, pixel_mnist, row_mnist
-from irnn_jax import loop
+from irnn_jax import loop, metrics
 from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def two_runs(idx_dir, tmp_path_factory):
+def runs(idx_dir, tmp_path_factory):
+    """S1 shortened: seeds 0 and 1 as two workdirs, seeds 2 and 3 as one sweep; an adding run."""
     root = tmp_path_factory.mktemp("runs")
-    c = tiny_config(idx_dir, "keras_default_init", num_train_steps=6, eval_every_steps=3)
-    loop.train_and_evaluate(c, root / "s1")
+    for seed in (0, 1):
+        c = tiny_config(idx_dir, "keras_default_init", num_train_steps=6, eval_every_steps=3, seed=seed)
+        loop.train_and_evaluate(c, root / f"s1_seed{seed}", experiment="pixel_mnist", command=f"cmd seed {seed}")
+    c = tiny_config(idx_dir, "keras_default_init", num_train_steps=6, eval_every_steps=3, sweep="seed=2,3")
+    loop.train_and_evaluate(c, root / "s1_sweep", command="cmd sweep")
     a = adding.get_config("irnn_150")
     a.sequence_length, a.num_train_examples, a.num_test_examples = 10, 32, 16
     a.hidden_size, a.num_train_steps, a.eval_every_steps, a.progress_bar = 4, 4, 2, False
     loop.train_and_evaluate(a, root / "add")
-    return root / "s1", root / "add"
+    return root
 
 
-def test_report_table_and_plots(two_runs, tmp_path):
-    md = report.write_report(list(two_runs), tmp_path)
-    lines = md.splitlines()
-    s1 = next(line for line in lines if "keras_default_init (S1)" in line)
-    assert "| pixel_mnist | mnist | keras_default_init (S1) | test accuracy 0.1137" in s1
-    assert "| 6 of 590 |" in s1  # a shortened run says so
-    add = next(line for line in lines if "| irnn_150 |" in line)
-    assert "adding, T=10" in add and "MSE " in add and "baseline 0.167" in add
-    # Every other preset is listed as not yet run, with its command.
-    pending = [line for line in lines if "not yet run" in line]
+@pytest.mark.slow
+def test_seeds_of_one_configuration_are_grouped_across_workdirs_and_sweeps(runs, tmp_path):
+    md = report.write_report(sorted(p for p in runs.iterdir()), tmp_path)
+    s1 = next(line for line in md.splitlines() if line.startswith("| keras_default_init (S1) + "))
+    finals = [
+        metrics.read_rows(path)[-1]["test_accuracy"]
+        for path in [runs / "s1_seed0" / "metrics.jsonl", runs / "s1_seed1" / "metrics.jsonl"]
+        + sorted((runs / "s1_sweep" / "runs").glob("*/metrics.jsonl"))
+    ]
+    f = np.asarray(finals)
+    assert f"| {f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f}) | 4 | 6 of 590 |" in s1
+    assert "hidden_size=8" in md  # what the runs changed from the preset is named
+    assert "- keras_default_init (S1) + " in md and "`cmd sweep`" in md and "`cmd seed 1`" in md
+    add = next(line for line in md.splitlines() if line.startswith("| irnn_150 + "))
+    assert "MSE " in add and "| 1 | 4 of 937,500 |" in add
+    # Every preset without a run is listed with its command.
+    pending = md.split("## Presets not yet run")[1]
     total = len(pixel_mnist.PRESETS) + len(row_mnist.PRESETS) + len(adding.PRESETS)
-    assert len(pending) == total - 2
-    assert any("`python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:keras_900`" in x
-               for x in pending)  # fmt: skip
-    for name in ("pixel_mnist.png", "adding.png"):
-        png = (tmp_path / name).read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
-    assert not (tmp_path / "row_mnist.png").exists()
+    assert pending.count("\n- ") == total - 2
+    assert "`python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:keras_900`" in pending
+    for name in ("pixel_mnist_mnist.png", "adding.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "results.md").read_text() == md
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("\n| ") == 2 and "Commands:" in summary  # S1 and adding, below the header
 
 
-def test_run_json_records_each_session(two_runs):
-    info = json.loads((two_runs[0] / "run.json").read_text())
+@pytest.mark.slow
+def test_the_page_names_the_code_that_ran(runs):
+    info = json.loads((runs / "s1_seed0" / "run.json").read_text())
+    session = info["sessions"][0]
     assert info["experiment"] == "pixel_mnist" and info["preset"] == "keras_default_init"
-    assert len(info["sessions"]) == 1 and info["sessions"][0]["command"].startswith("python -m experiments.pixel_mnist")
-    assert "cores)" in info["sessions"][0]["hardware"]
+    assert session["command"] == "cmd seed 0" and "cores)" in session["hardware"]
+    group = report.group_runs(report.load_runs(runs / "s1_seed0"))[0]
+    if "git_commit" in session:  # a checkout: the commit, marked when the tree had changes
+        assert group.commits() == session["git_commit"][:8] + ("+changes" if session["git_dirty"] else "")
+
+
+def test_a_logged_curve_is_compared_evaluation_by_evaluation(tmp_path):
+    config = row_mnist.get_config("tanh50_dense30_as_logged").to_dict()
+    rows = [{"step": s, "test_accuracy": 0.9 + k / 100} for k, (s, _) in enumerate(row_mnist.REPORTED[
+        "tanh50_dense30_as_logged"]["curve"])]  # fmt: skip
+    run = report.Run("as_logged", "row_mnist", "tanh50_dense30_as_logged", config, rows, [{"command": "c"}])
+    md = report.curve_comparisons(report.group_runs([run]))
+    assert "| 4,002 | 0.9379 | 0.9000 |" in md and "| 8,002 | 0.9483 | 0.9800 |" in md
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="no run.json"):
-        report.load_run(tmp_path)
+        report.load_runs(tmp_path)

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from irnn_jax import checkpoint, metrics, train
 from tests.conftest import ROOT, read_rows, tiny_config
+
+pytestmark = pytest.mark.slow  # a real command-line run, signalled and resumed
 
 STEPS = 1500
 FLAGS = [

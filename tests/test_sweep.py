@@ -4,8 +4,9 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.configs import pixel_mnist
 from irnn_jax import loop, metrics, sweep, train
-from tests.conftest import SigtermAfterFirstRow, read_rows, strip_timing, tiny_config
+from tests.conftest import SigtermAfterFirstRow, read_rows, tiny_config, train_steps, write_idx_dir
 
 SPEC = "seed=0,1 learning_rate=1e-4,1e-3 clip_norm=1,0"
 
@@ -20,6 +21,7 @@ def test_parse_and_expand(idx_dir):
     assert [(c.recurrent_gain, c.seed, c.sweep) for _, c in runs][2] == (0.5, 3, "")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "spec,message",
     [("hidden_size=4,8", "not sweepable"), ("seed", "not FIELD="), ("seed=a", "seed"), ("seed=1 seed=2", "twice")],
@@ -29,11 +31,13 @@ def test_bad_specs_are_refused(idx_dir, spec, message, tmp_path):
         loop.train_and_evaluate(tiny_config(idx_dir, sweep=spec), tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recurrence", ["scan", "fused"])
-def test_each_run_of_a_sweep_equals_the_run_alone(idx_dir, tmp_path, recurrence):
-    # recurrent_gain too, through the initial values. With "scan" bit-identical on CPU (vmap of the
-    # same step). With "fused", vmap turns its weight-gradient matmul and bias sum over all T*B rows
-    # into batched ones, which XLA sums in another order: equal to float32 rounding (seen: 2.9e-7).
+def test_each_run_of_a_sweep_equals_the_run_alone_to_float32_rounding(idx_dir, tmp_path, recurrence):
+    # recurrent_gain too, through the initial values. vmap turns the step's matmuls into batched
+    # ones, which XLA's CPU backend may sum in another order: equal to float32 rounding, not bit for
+    # bit (at this tiny size "scan" happens to be bit-identical; at the real size it is not, see
+    # the next test).
     config = tiny_config(idx_dir, num_train_steps=9, sweep=SPEC + " recurrent_gain=1,0.8", recurrence=recurrence)
     result = loop.train_and_evaluate(config, tmp_path / "sweep")
     runs = sweep.expand(config)
@@ -41,19 +45,32 @@ def test_each_run_of_a_sweep_equals_the_run_alone(idx_dir, tmp_path, recurrence)
     for k in (0, 5, 10, 15):
         name, run_config = runs[k]
         alone = loop.train_and_evaluate(run_config, tmp_path / f"alone{k}")
-        swept_rows = strip_timing(metrics.read_rows(tmp_path / "sweep" / "runs" / name / "metrics.jsonl"))
-        alone_rows = strip_timing(metrics.read_rows(tmp_path / f"alone{k}" / "metrics.jsonl"))
-        if recurrence == "scan":
-            jax.tree.map(np.testing.assert_array_equal, sweep.unstack(result.state.params, k), alone.state.params)
-            assert swept_rows == alone_rows
-        else:
-            close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)  # noqa: E731
-            jax.tree.map(close, sweep.unstack(result.state.params, k), alone.state.params)
-            assert swept_rows == [pytest.approx(row, rel=1e-5) for row in alone_rows]
+        close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8)  # noqa: E731
+        jax.tree.map(close, sweep.unstack(result.state.params, k), alone.state.params)
+        alone_rows = read_rows(tmp_path / f"alone{k}")
+        assert read_rows(tmp_path / "sweep" / "runs" / name) == [pytest.approx(row, rel=1e-5) for row in alone_rows]
     lrs = np.asarray(result.state.opt_state.hyperparams["learning_rate"])
     np.testing.assert_allclose(lrs, [c.learning_rate for _, c in runs])
 
 
+@pytest.mark.slow
+def test_sweep_against_alone_at_the_real_size(tmp_path):
+    """The README's statement, checked at the pixel preset's size (100 units, batch 32, 784 steps, one
+    device, recurrence=scan): run 3 of a 4-run sweep need not be bit-identical to the same run alone
+    (the batched matmuls sum in another order; seen here: 1.5e-11 apart after one step), but is within 1e-7 of it
+    after 5 steps (seen: 1.5e-8). Over hundreds of steps the IRNN's dynamics amplify such differences
+    into visible ones, as between two CPU models: a sweep member reproduces its run alone statistically."""
+    c = pixel_mnist.get_config("keras")
+    c.data_dir = str(write_idx_dir(tmp_path / "idx", 256, 32))
+    c.recurrence, c.steps_per_call = "scan", 1
+    c.sweep = "seed=0,1 learning_rate=1e-4,3e-5"
+    _, swept = train_steps(c, 5)
+    _, alone = train_steps(sweep.expand(c)[3][1], 5)
+    member = sweep.unstack(swept.params, 3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), member, alone.params)
+
+
+@pytest.mark.slow
 def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path):
     config = tiny_config(idx_dir, num_train_steps=60, sweep="seed=0,1,2")
     straight = loop.train_and_evaluate(config, tmp_path / "a")
@@ -68,6 +85,7 @@ def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path):
         assert read_rows(tmp_path / "a" / "runs" / name) == read_rows(tmp_path / "b" / "runs" / name)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
     config = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, num_train_steps=15, sweep="learning_rate=1e-4,1e6")
     result = loop.train_and_evaluate(config, tmp_path)

@@ -8,7 +8,7 @@ import pytest
 
 from experiments.configs import adding
 from irnn_jax import adding as adding_task
-from irnn_jax import loop, metrics, train
+from irnn_jax import loop, metrics, optim, train
 from tests.conftest import make_images, read_rows, tiny_config, train_steps, write_idx_dir
 
 
@@ -111,6 +111,7 @@ def test_non_finite_step_freezes_the_state(idx_dir):
     jax.tree.map(np.testing.assert_array_equal, later.params, state.params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "every,last,want",
     [(5, 12, [5, 10, 12]), (4, 12, [4, 8, 12]), (1, 3, [1, 2, 3]), (20, 12, [12])],
@@ -119,6 +120,7 @@ def test_should_run_every_n_and_the_last(every, last, want):
     assert [s for s in range(1, last + 1) if metrics.should_run(s, every, last)] == want
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "field,value,message",
     [
@@ -147,6 +149,7 @@ def test_config_out_of_range_is_refused(idx_dir, field, value, message, tmp_path
     assert not (tmp_path / "w").exists()  # refused before anything is written
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_tensorboard_and_checkpoints(idx_dir, tmp_path):
     c = tiny_config(idx_dir)
     result = loop.train_and_evaluate(c, tmp_path)
@@ -172,6 +175,7 @@ def test_run_writes_metrics_tensorboard_and_checkpoints(idx_dir, tmp_path):
     assert result.step == 12 and not result.stopped_by_signal and result.last_row == rows[-1]
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_repeated(idx_dir, tmp_path):
     c = tiny_config(idx_dir)
     loop.train_and_evaluate(c, tmp_path)
@@ -181,6 +185,7 @@ def test_finished_run_is_not_repeated(idx_dir, tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_divergence_raises_and_saves_the_last_good_state(idx_dir, tmp_path):
     # SGD at a huge learning rate without clipping blows a ReLU RNN up within steps.
     c = tiny_config(
@@ -199,6 +204,7 @@ def test_divergence_raises_and_saves_the_last_good_state(idx_dir, tmp_path):
     assert len(saved) == 1 and f"after step {saved[0]} is saved" in str(e.value)
 
 
+@pytest.mark.slow
 def test_steps_per_call_does_not_change_the_numbers(idx_dir, tmp_path):
     """N steps in one jitted call equal N calls of one step, bit for bit."""
     one = loop.train_and_evaluate(tiny_config(idx_dir, steps_per_call=1), tmp_path / "one")
@@ -216,8 +222,10 @@ def test_loss_falls_on_the_learnable_task(tmp_path):
     d = write_idx_dir(tmp_path / "idx", 256, 64)
     c = tiny_config(d, task="row", hidden_size=16, batch_size=16, optimizer="adam", learning_rate=1e-2,
                     num_train_steps=150, steps_per_call=50, eval_batch_size=64)  # fmt: skip
-    s, state = train_steps(c, 150)
-    before, after = loop.evaluate(s, s.state.params)[0], loop.evaluate(s, state.params)[0]
+    s = loop.setup(c)
+    before = loop.evaluate(s, s.state.params)[0]
+    state = s.chunk_fn(s.state, s.train_data, *s.train_indices(0, 150))  # donates s.state
+    after = loop.evaluate(s, state.params)[0]
     assert before["test_loss"] == pytest.approx(np.log(10), abs=0.05)  # chance, to start with
     assert after["test_loss"] < 0.5 * before["test_loss"] and after["test_accuracy"] > 0.5
 
@@ -236,3 +244,18 @@ def test_irnn_learns_the_adding_problem_and_a_tanh_rnn_of_its_size_does_worse(tm
         results[cell] = loop.train_and_evaluate(c, tmp_path / cell).last_row["test_loss"]
     assert results["irnn"] < adding_task.BASELINE_MSE / 10
     assert results["rnn_tanh"] > 3 * results["irnn"]
+
+
+def test_cosine_schedule_scales_the_update_from_full_to_zero(idx_dir):
+    """With lr_schedule=cosine the optimiser's update is the constant one times the schedule's factor:
+    1 at the first step, 1/2 halfway, 0 at the run's last step (warm-up: from 0 to 1 first)."""
+    g = np.array([3.0, 4.0], np.float32)
+    c = tiny_config(idx_dir, clip_norm=0.0, learning_rate=1e-2)
+    constant = [_apply(train.make_optimizer(c), np.zeros(2, np.float32), [g] * n) for n in (1, 2)]
+    c.lr_schedule = "cosine"
+    scheduled = [_apply(train.make_optimizer(c, num_steps=2), np.zeros(2, np.float32), [g] * n) for n in (1, 2)]
+    np.testing.assert_allclose(scheduled[0], constant[0], rtol=1e-6)  # factor 1 at step 0
+    second_step = constant[1] - constant[0]
+    np.testing.assert_allclose(scheduled[1] - scheduled[0], 0.5 * second_step, rtol=1e-5)  # cos(pi/2)...
+    factor = optim.schedule_factor("cosine", 100, warmup_steps=10)
+    assert [round(float(factor(s)), 4) for s in (0, 5, 10, 55, 100)] == [0.0, 0.5, 1.0, 0.5, 0.0]
