@@ -7,11 +7,12 @@ import threading
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist
-from irnn_jax import data, loop, metrics
+from irnn_jax import checkpoint, data, loop, metrics, train
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: where `python -m experiments.*` runs
 
@@ -106,3 +107,18 @@ class SigtermAfterFirstRow:
         self._done.set()
         self._thread.join()
         return False
+
+
+def restore_final_state(workdir, config, step: int):
+    """The state of WORKDIR's newest checkpoint, which must be `step`, restored and verified as a resume
+    restores it (`config`: the run's config; fields that may change on resume may differ)."""
+    state = train.create_state(config, step)
+    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
+    try:
+        restored_step, restored, _ = ckpt.restore_compatible(
+            jax.eval_shape(lambda: state), config.to_dict(), checkpoint.param_shapes(state.params)
+        )
+    finally:
+        ckpt.close()
+    assert restored_step == step
+    return restored

@@ -27,8 +27,8 @@ import jax
 import numpy as np
 import pytest
 
-from irnn_jax import checkpoint, metrics, train
-from tests.conftest import ROOT, strip_timing, tiny_config
+from irnn_jax import metrics
+from tests.conftest import ROOT, restore_final_state, strip_timing, tiny_config
 
 STEPS = 80
 TMP_GLOB = "*.orbax-checkpoint-tmp*"
@@ -94,16 +94,7 @@ def _wait(proc: subprocess.Popen, until, log: Path) -> None:
 
 def _final_state(workdir: Path, data_dir):
     c = tiny_config(data_dir, hidden_size=8, batch_size=4, eval_batch_size=16, num_train_steps=STEPS)
-    state = train.create_state(c, STEPS)
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
-    try:
-        step, restored, _ = ckpt.restore_compatible(
-            jax.eval_shape(lambda: state), c.to_dict(), checkpoint.param_shapes(state.params)
-        )
-    finally:
-        ckpt.close()
-    assert step == STEPS
-    return restored
+    return restore_final_state(workdir, c, STEPS)
 
 
 def _rows(path: Path) -> list[dict]:

@@ -5,14 +5,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from irnn_jax import checkpoint, metrics, train
-from tests.conftest import ROOT, read_rows, tiny_config
+from irnn_jax import checkpoint, metrics
+from tests.conftest import ROOT, read_rows, restore_final_state, tiny_config
 
 pytestmark = pytest.mark.slow  # a real command-line run, signalled and resumed
 
@@ -44,16 +43,7 @@ def _start(workdir, data_dir):
 
 def _final_params(workdir, data_dir):
     c = tiny_config(data_dir, hidden_size=8, batch_size=4, learning_rate=1e-4, num_train_steps=STEPS)
-    state = train.create_state(c)
-    ckpt = checkpoint.Checkpointer(Path(workdir) / "checkpoints")
-    try:
-        step, restored, _ = ckpt.restore_compatible(
-            jax.eval_shape(lambda: state), c.to_dict(), checkpoint.param_shapes(state.params)
-        )
-    finally:
-        ckpt.close()
-    assert step == STEPS
-    return restored
+    return restore_final_state(workdir, c, STEPS)
 
 
 def test_sigterm_then_resume_equals_straight_run(idx_dir, tmp_path):
