@@ -126,14 +126,14 @@ class Checkpointer:
     def __init__(self, directory: str | Path, max_to_keep: int = 3):
         self.directory = Path(directory).absolute()
         self.bad_directory = self.directory.with_name(self.directory.name + "_bad")
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
             create=True,
             # A save interrupted by a kill leaves a *.orbax-checkpoint-tmp folder.
             cleanup_tmp_directories=True,
             enable_async_checkpointing=True,
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -164,7 +164,9 @@ class Checkpointer:
             os.replace(self.directory / str(step), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
-        self._manager.reload()
+        # A new manager, not reload(): the failed restore can leave the old one's async machinery behind.
+        self._manager.close()
+        self._manager = ocp.CheckpointManager(self.directory, options=self._options)
 
     def _check_compatible(self, step: int, meta: dict, config_dict: dict, shapes: dict, structure: list) -> None:
         """Raises CheckpointMismatchError when checkpoint `step` belongs to another config or model."""
