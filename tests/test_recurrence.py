@@ -62,7 +62,8 @@ def check_against_scan(recurrence_name, activation, params, x_BxTxC, rtol, **kw)
 
 @pytest.mark.parametrize("w_rec", ["identity", "random"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-@pytest.mark.parametrize("recurrence_name", ["fused", "pallas"])
+# Pallas runs in interpret mode on CPU: slow, and not the CPU path; CI runs it.
+@pytest.mark.parametrize("recurrence_name", ["fused", pytest.param("pallas", marks=pytest.mark.slow)])
 def test_short_sequence_matches_scan(recurrence_name, activation, w_rec):
     x_BxTxC = jnp.asarray(np.random.default_rng(1).normal(size=(3, 12, 2)), jnp.float32)
     check_against_scan(recurrence_name, activation, make_params(2, 5, w_rec, seed=2), x_BxTxC, rtol=1e-5)
@@ -94,6 +95,7 @@ def test_fused_with_unroll_not_dividing_length():
     check_against_scan("fused", "tanh", make_params(1, 4, "random", seed=6), x_BxTxC, rtol=1e-5, unroll=3)
 
 
+@pytest.mark.slow
 def test_pallas_over_two_batch_blocks():
     """B = 20 pads to 32: two grid programs, each its own slice of the batch."""
     x_BxTxC = jnp.asarray(np.random.default_rng(7).normal(size=(20, 6, 1)), jnp.float32)

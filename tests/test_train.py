@@ -216,6 +216,7 @@ def test_steps_per_call_does_not_change_the_numbers(idx_dir, tmp_path):
 # ------------------------------------------------------------ it learns
 
 
+@pytest.mark.slow
 def test_loss_falls_on_the_learnable_task(tmp_path):
     """The images of conftest.make_images say their label with a bright band of rows: read row by row,
     an IRNN learns it in 150 steps (seen: test loss 2.30 -> 0.61, accuracy 0.125 -> 0.78)."""
