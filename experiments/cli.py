@@ -108,11 +108,10 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
     app.run(main)
 
 
-def _exit_on_unknown_fields(presets_module, argv: list[str] | None = None) -> None:
+def _exit_on_unknown_fields(presets_module) -> None:
     """Exits with status 2 and a message naming the nearest real fields when the command line sets a
     config field that does not exist (ml_collections would raise a bare AttributeError)."""
-    argv = sys.argv[1:] if argv is None else argv
-    message = unknown_fields_message(argv, presets_module)
+    message = unknown_fields_message(sys.argv[1:], presets_module)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
