@@ -141,6 +141,24 @@ def test_damaged_newest_checkpoint_is_set_aside_and_the_run_goes_on_from_the_one
 
 
 @pytest.mark.slow
+def test_a_checkpoint_that_reads_but_does_not_match_its_checksum_is_set_aside(idx_dir, tmp_path, caplog):
+    """Damage that still decodes (here: the recorded checksum no longer fits the bytes) is caught by
+    the checksum, not by a read error: the flipped and truncated array files above fail to decode."""
+    config = tiny_config(idx_dir)
+    straight = loop.train_and_evaluate(config, tmp_path / "a")
+    loop.train_and_evaluate(config, tmp_path / "b")
+    meta_file = tmp_path / "b" / "checkpoints" / "12" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["state_sha256"] = meta["state_sha256"][::-1]
+    meta_file.write_text(json.dumps(meta))
+    resumed = loop.train_and_evaluate(config, tmp_path / "b")
+    assert "checkpoint 12" in caplog.text and "do not match the checksum" in caplog.text
+    assert [p.name.split("-")[0] for p in (tmp_path / "b" / "checkpoints_bad").iterdir()] == ["12"]
+    jax.tree.map(np.testing.assert_array_equal, straight.state.params, resumed.state.params)
+    assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
+
+
+@pytest.mark.slow
 def test_no_good_checkpoint_left_stops_with_an_error_and_does_not_start_over(idx_dir, tmp_path):
     config = tiny_config(idx_dir)
     loop.train_and_evaluate(config, tmp_path)
