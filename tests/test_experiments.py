@@ -20,6 +20,9 @@ KERAS_PARAMS = {
     **{("pixel_mnist", f"paper_{c}{s}"): 11_210 for c in ("irnn", "rnn_relu", "rnn_tanh") for s in ("", "_permuted")},
     ("pixel_mnist", "paper_lstm"): 41_810,
     ("pixel_mnist", "paper_lstm_permuted"): 41_810,
+    **{("pixel_mnist", f"budget_{c}{s}"): 11_210 for c in ("irnn", "rnn_relu", "rnn_tanh") for s in ("", "_permuted")},
+    ("pixel_mnist", "budget_lstm"): 41_810,
+    ("pixel_mnist", "budget_lstm_permuted"): 41_810,
     # irnn_fast changes the recipe only: the paper's 11,210 parameters.
     ("pixel_mnist", "irnn_fast"): 11_210,
     ("pixel_mnist", "irnn_fast_permuted"): 11_210,
@@ -96,6 +99,24 @@ def test_paper_presets():
         a, b = pixel_mnist.get_config(f"paper_{cell}"), pixel_mnist.get_config(f"paper_{cell}_permuted")
         assert a.cell == b.cell == cell and (a.task, b.task) == ("pixel", "permuted")
         assert (a.batch_size, a.learning_rate, a.optimizer, a.clip_norm) == (128, 1e-6, "rmsprop", 1.0)
+
+
+def test_budget_presets_differ_only_in_the_cell_and_the_order():
+    configs = {
+        (cell, task): pixel_mnist.get_config(f"budget_{cell}{suffix}")
+        for cell in pixel_mnist.PAPER_CELLS
+        for task, suffix in (("pixel", ""), ("permuted", "_permuted"))
+    }
+    for (cell, task), c in configs.items():
+        assert (c.cell, c.task) == (cell, task)
+        assert train.total_steps(c, 60_000) == 3_750
+    recipe = {
+        k: v
+        for k, v in configs["irnn", "pixel"].to_dict().items()
+        if k not in ("name", "cell", "task", "recurrence")
+    }
+    for c in configs.values():
+        assert {k: c[k] for k in recipe} == recipe
 
 
 def test_adding_data():
