@@ -111,9 +111,7 @@ def test_budget_presets_differ_only_in_the_cell_and_the_order():
         assert (c.cell, c.task) == (cell, task)
         assert train.total_steps(c, 60_000) == 3_750
     recipe = {
-        k: v
-        for k, v in configs["irnn", "pixel"].to_dict().items()
-        if k not in ("name", "cell", "task", "recurrence")
+        k: v for k, v in configs["irnn", "pixel"].to_dict().items() if k not in ("name", "cell", "task", "recurrence")
     }
     for c in configs.values():
         assert {k: c[k] for k in recipe} == recipe

@@ -44,7 +44,8 @@ budget_irnn, budget_rnn_relu, budget_rnn_tanh, budget_lstm (and *_permuted)
     standardised (0.1307, 0.3081), RMSprop lr 1e-4 (Keras constants), global-norm clipping 1.0,
     batch 32; evaluation every 625 steps. One learning rate for every cell, where the paper tuned
     each; the page sets the paper's figure at its own full length beside ours.
-        python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:budget_lstm --config.sweep=seed=0,1
+        python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:budget_lstm \
+            --config.sweep=seed=0,1
 
 irnn_fast, irnn_fast_permuted
     The paper's network unchanged (100 ReLU units, recurrent kernel = identity, input kernel
