@@ -75,9 +75,13 @@ def overrides(run: Run) -> dict:
 
 
 def planned_steps(run: Run) -> int:
-    """The length of the preset the run was made from, on the preset's data (MNIST: 60,000 images)."""
+    """The length the run asked for: its own num_epochs and batch size, with the preset's step cap
+    (a run cut short by --config.num_train_steps is set against the preset's length), on the
+    preset's data (MNIST: 60,000 images)."""
     preset = EXPERIMENTS[run.experiment].get_config(run.preset)
-    return train.total_steps(preset, preset.get("num_train_examples", 60_000))
+    asked = ml_collections.ConfigDict(run.config)
+    asked.num_train_steps = preset.num_train_steps
+    return train.total_steps(asked, preset.get("num_train_examples", 60_000))
 
 
 @dataclasses.dataclass
@@ -104,7 +108,6 @@ class Group:
         name = f"{self.first.preset} ({sid})" if sid else self.first.preset
         changed = overrides(self.first)
         changed.pop("dataset", None)
-        changed.pop("num_epochs", None)
         changed.pop("num_train_steps", None)
         if not changed:
             return name
@@ -174,6 +177,12 @@ def group_runs(runs: list[Run]) -> list[Group]:
 def section_of(group: Group) -> str:
     if group.first.name.startswith("search_"):
         return "search"
+    if (
+        group.first.experiment == "pixel_mnist"
+        and group.first.config["dataset"] == "mnist"
+        and _budget_cell(group.first.preset)
+    ):
+        return "budget"
     if group.first.experiment == "adding":
         return "adding"
     dataset = group.first.config["dataset"]
@@ -182,6 +191,7 @@ def section_of(group: Group) -> str:
 
 SECTION_TITLES = {
     "pixel_mnist_mnist": "Pixel-by-pixel MNIST (real digits)",
+    "budget": "The paper's comparison of cells at one budget (budget_* presets, real MNIST)",
     "search": "irnn_fast search: short runs of the paper's IRNN with other training recipes (real pixel MNIST)",
     "row_mnist_mnist": "Row-by-row MNIST (real digits)",
     "pixel_mnist_fashion_mnist": "Pixel-by-pixel Fashion-MNIST (a harder stand-in, kept for comparison)",
@@ -288,6 +298,37 @@ def curve_comparisons(groups: list[Group]) -> str:
     return md
 
 
+def _budget_cell(preset: str) -> tuple[str, str] | None:
+    """(cell, order) of a budget_* preset of pixel_mnist, else None."""
+    cell = preset.removeprefix("budget_").removesuffix("_permuted")
+    if not preset.startswith("budget_") or cell not in pixel_mnist.PAPER_CELLS:
+        return None
+    return cell, "permuted" if preset.endswith("_permuted") else "pixel"
+
+
+def budget_table(groups: list[Group]) -> str:
+    """The budget runs as the paper lays out its comparison: a row per cell, pixel and permuted side by side."""
+    cells = {_budget_cell(g.first.preset): g for g in groups if not overrides(g.first)}
+    cells.pop(None, None)
+    if not cells:
+        return ""
+    any_group = next(iter(cells.values()))
+    lines = [
+        f"Each cell trained for the same {any_group.steps()} steps, final test accuracy over seeds, beside the "
+        "paper's figure at its own full length:\n",
+        "| cell | pixel: ours | pixel: paper | permuted: ours | permuted: paper |",
+        "|---|---|---|---|---|",
+    ]
+    for cell in pixel_mnist.PAPER_CELLS:
+        row = [cell]
+        for order in ("pixel", "permuted"):
+            g = cells.get((cell, order))
+            preset = f"budget_{cell}{'_permuted' if order == 'permuted' else ''}"
+            row += [g.ours() if g else "not yet run", pixel_mnist.REPORTED[preset]["text"]]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def not_yet_run(groups: list[Group]) -> str:
     done = {(g.first.experiment, g.first.preset) for g in groups}
     lines = []
@@ -326,7 +367,10 @@ def write_report(workdirs: list[Path], out: Path) -> str:
     md = PAGE_HEAD
     for key in sorted(sections, key=lambda k: list(SECTION_TITLES).index(k) if k in SECTION_TITLES else 99):
         title = SECTION_TITLES.get(key, key)
-        md += f"\n## {title}\n\n" + section_table(sections[key]) + curve_comparisons(sections[key])
+        md += f"\n## {title}\n\n"
+        if key == "budget":
+            md += budget_table(sections[key]) + "\n"
+        md += section_table(sections[key]) + curve_comparisons(sections[key])
         plot(sections[key], title, out / f"{key}.png")
         md += f"\n![{title}]({key}.png)\n"
     md += "\n## Presets not yet run\n\n" + not_yet_run(groups)
@@ -336,8 +380,10 @@ def write_report(workdirs: list[Path], out: Path) -> str:
 
 
 def summary(groups: list[Group]) -> str:
-    """The README's short table: one row per configuration (the search aside), commands in a list below."""
-    groups = [g for g in groups if section_of(g) != "search"]
+    """The README's short table: one row per configuration (the search aside; the budget comparison as a
+    table of its own), commands in a list below."""
+    budget = [g for g in groups if section_of(g) == "budget"]
+    groups = [g for g in groups if section_of(g) not in ("search", "budget")]
     lines = [
         "| experiment | reported | ours (mean ± std over seeds) | seeds | steps | wall time |",
         "|---|---|---|---|---|---|",
@@ -346,7 +392,10 @@ def summary(groups: list[Group]) -> str:
         name = f"{g.first.experiment}: {g.label}" + ("" if g.first.config["dataset"] in ("mnist", "adding") else
                                                       f" [{g.first.config['dataset']}]")  # fmt: skip
         lines.append(f"| {name} | {_reported(g)} | {g.ours()} | {len(g.runs)} | {g.steps()} | {g.wall()} |")
-    return "\n".join(lines) + "\n\nCommands:\n\n" + command_list(groups)
+    md = "\n".join(lines) + "\n"
+    if budget:
+        md += "\nThe paper's comparison of cells at one budget (`budget_*` presets). " + budget_table(budget)
+    return md + "\nCommands:\n\n" + command_list(groups + budget)
 
 
 def main(argv):

@@ -7,7 +7,7 @@ import pytest
 
 from experiments import report
 from experiments.configs import adding, pixel_mnist, row_mnist
-from irnn_jax import loop, metrics
+from irnn_jax import checkpoint, loop, metrics
 from tests.conftest import tiny_config
 
 
@@ -37,7 +37,8 @@ def test_seeds_of_one_configuration_are_grouped_across_workdirs_and_sweeps(runs,
         + sorted((runs / "s1_sweep" / "runs").glob("*/metrics.jsonl"))
     ]
     f = np.asarray(finals)
-    assert f"| {f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f}) | 4 | 6 of 590 |" in s1
+    # Cut short at 6 steps of the 10 epochs the runs asked for: 60,000 / batch 4 * 10 = 150,000.
+    assert f"| {f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f}) | 4 | 6 of 150,000 |" in s1
     assert "hidden_size=8" in md  # what the runs changed from the preset is named
     assert "- keras_default_init (S1) + " in md and "`cmd sweep`" in md and "`cmd seed 1`" in md
     add = next(line for line in md.splitlines() if line.startswith("| irnn_150 + "))
@@ -72,6 +73,36 @@ def test_a_logged_curve_is_compared_evaluation_by_evaluation(tmp_path):
     run = report.Run("as_logged", "row_mnist", "tanh50_dense30_as_logged", config, rows, [{"command": "c"}])
     md = report.curve_comparisons(report.group_runs([run]))
     assert "| 4,002 | 0.9379 | 0.9000 |" in md and "| 8,002 | 0.9483 | 0.9800 |" in md
+
+
+def _budget_run(preset, seed, accuracy, **changes):
+    config = checkpoint.as_json(pixel_mnist.get_config(preset).to_dict() | {"seed": seed} | changes)  # as in run.json
+    rows = [{"step": 625, "test_accuracy": 0.1}, {"step": 3_750, "test_accuracy": accuracy}]
+    return report.Run(f"{preset}/{seed}", "pixel_mnist", preset, config, rows, [{"command": f"cmd {preset}"}])
+
+
+def test_the_budget_comparison_is_laid_out_as_the_papers_table():
+    runs = [
+        _budget_run("budget_irnn", 0, 0.80),
+        _budget_run("budget_irnn", 1, 0.70),
+        _budget_run("budget_lstm_permuted", 0, 0.40),
+        _budget_run("budget_rnn_tanh", 0, 0.30, learning_rate=1e-3),  # not the preset's recipe: left out
+    ]
+    groups = report.group_runs(runs)
+    assert [report.section_of(g) for g in groups] == ["budget"] * 3
+    table = report.budget_table(groups)
+    rows = {line.split(" | ")[0].removeprefix("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["irnn"] == (
+        "| irnn | 0.7500 ± 0.0707 (0.7000 to 0.8000) | 0.970 at full length (paper) "
+        "| not yet run | 0.820 at full length (paper) |"
+    )
+    assert "| 0.4000 (1 seed) | 0.360 at full length (paper, recalled) |" in rows["lstm"]
+    assert rows["rnn_tanh"].count("not yet run") == 2
+    assert "does not learn (paper)" in rows["rnn_relu"]
+    assert "same 3,750 steps" in table
+    summary = report.summary(groups)
+    assert table in summary and "`cmd budget_irnn`" in summary
+    assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
