@@ -256,7 +256,8 @@ def plot(groups: list[Group], title: str, path: Path) -> None:
     for g in groups:
         steps, values = g.curve()
         label = f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})"
-        (line,) = ax.plot(steps, values.mean(0), marker="." if len(steps) < 40 else None, label=label)
+        style = "--" if g.first.config.get("task") == "permuted" else "-"
+        (line,) = ax.plot(steps, values.mean(0), style, marker="." if len(steps) < 40 else None, label=label)
         if len(g.runs) > 1:
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
         rep = g.module.REPORTED.get(g.first.preset, {})
@@ -272,7 +273,9 @@ def plot(groups: list[Group], title: str, path: Path) -> None:
         ax.set_ylabel("test accuracy")
     ax.set_xlabel("optimiser steps")
     ax.set_xscale("log")
-    ax.set_title(f"{title}\nmean over seeds, band: min to max; stars: the source's figure", fontsize=9)
+    ax.set_title(
+        f"{title}\nmean over seeds, band: min to max; dashed: permuted order; stars: the source's figure", fontsize=9
+    )
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, loc="best")
     fig.tight_layout()
