@@ -253,11 +253,15 @@ def plot(groups: list[Group], title: str, path: Path) -> None:
 
     metric = groups[0].metric
     fig, ax = plt.subplots(figsize=(8, 4.8))
+    colours: dict[str, str] = {}
     for g in groups:
         steps, values = g.curve()
         label = f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})"
         style = "--" if g.first.config.get("task") == "permuted" else "-"
-        (line,) = ax.plot(steps, values.mean(0), style, marker="." if len(steps) < 40 else None, label=label)
+        # A preset and its _permuted twin share a colour.
+        colour = colours.setdefault(g.label.replace("_permuted", ""), f"C{len(colours) % 10}")
+        marker = "." if len(steps) < 40 else None
+        (line,) = ax.plot(steps, values.mean(0), style, color=colour, marker=marker, label=label)
         if len(g.runs) > 1:
             ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
         rep = g.module.REPORTED.get(g.first.preset, {})
