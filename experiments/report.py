@@ -180,7 +180,7 @@ def section_of(group: Group) -> str:
     if (
         group.first.experiment == "pixel_mnist"
         and group.first.config["dataset"] == "mnist"
-        and _budget_cell(group.first.preset)
+        and pixel_mnist.cell_and_task(group.first.preset, "budget")
     ):
         return "budget"
     if group.first.experiment == "adding":
@@ -261,14 +261,14 @@ def plot(groups: list[Group], title: str, path: Path) -> None:
         # A preset and its _permuted twin share a colour.
         colour = colours.setdefault(g.label.replace("_permuted", ""), f"C{len(colours) % 10}")
         marker = "." if len(steps) < 40 else None
-        (line,) = ax.plot(steps, values.mean(0), style, color=colour, marker=marker, label=label)
+        ax.plot(steps, values.mean(0), style, color=colour, marker=marker, label=label)
         if len(g.runs) > 1:
-            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+            ax.fill_between(steps, values.min(0), values.max(0), color=colour, alpha=0.2)
         rep = g.module.REPORTED.get(g.first.preset, {})
         points = rep.get("curve") or ([(rep["step"], rep["value"])] if rep.get("value") and rep.get("step") else [])
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="*", markersize=10, color=line.get_color(), linestyle="")
+            ax.plot(xs, ys, marker="*", markersize=10, color=colour, linestyle="")
     if metric == "test_loss":
         ax.axhline(adding_task.BASELINE_MSE, color="grey", linestyle="--", label="always predict 1 (0.167)")
         ax.set_ylabel("test MSE")
@@ -305,17 +305,9 @@ def curve_comparisons(groups: list[Group]) -> str:
     return md
 
 
-def _budget_cell(preset: str) -> tuple[str, str] | None:
-    """(cell, order) of a budget_* preset of pixel_mnist, else None."""
-    cell = preset.removeprefix("budget_").removesuffix("_permuted")
-    if not preset.startswith("budget_") or cell not in pixel_mnist.PAPER_CELLS:
-        return None
-    return cell, "permuted" if preset.endswith("_permuted") else "pixel"
-
-
 def budget_table(groups: list[Group]) -> str:
     """The budget runs as the paper lays out its comparison: a row per cell, pixel and permuted side by side."""
-    cells = {_budget_cell(g.first.preset): g for g in groups if not overrides(g.first)}
+    cells = {pixel_mnist.cell_and_task(g.first.preset, "budget"): g for g in groups if not overrides(g.first)}
     cells.pop(None, None)
     if not cells:
         return ""

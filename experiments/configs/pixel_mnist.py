@@ -110,6 +110,15 @@ REPORTED = {
 METRIC = "test_accuracy"
 
 
+def cell_and_task(preset: str, family: str) -> tuple[str, str] | None:
+    """(cell, task) of a preset FAMILY_CELL[_permuted], e.g. ("lstm", "permuted") for
+    budget_lstm_permuted; None when `preset` is not of that family."""
+    cell = preset.removeprefix(f"{family}_").removesuffix("_permuted")
+    if not preset.startswith(f"{family}_") or cell not in PAPER_CELLS:
+        return None
+    return cell, "permuted" if preset.endswith("_permuted") else "pixel"
+
+
 def get_config(preset: str = "keras"):
     c = base_config()
     c.name = preset
@@ -123,16 +132,14 @@ def get_config(preset: str = "keras"):
         c.num_epochs = 10
         c.eval_every_steps = 59  # one epoch: ceil(60000 / 1024)
         c.checkpoint_every_steps = 59
-    elif preset.startswith("paper_") and preset.removeprefix("paper_").removesuffix("_permuted") in PAPER_CELLS:
-        c.cell = preset.removeprefix("paper_").removesuffix("_permuted")
-        c.task = "permuted" if preset.endswith("_permuted") else "pixel"
+    elif paper := cell_and_task(preset, "paper"):
+        c.cell, c.task = paper
         c.batch_size = 128
         c.num_epochs = 500
         c.eval_every_steps = 469  # one epoch: ceil(60000 / 128)
         c.checkpoint_every_steps = 469
-    elif preset.startswith("budget_") and preset.removeprefix("budget_").removesuffix("_permuted") in PAPER_CELLS:
-        c.cell = preset.removeprefix("budget_").removesuffix("_permuted")
-        c.task = "permuted" if preset.endswith("_permuted") else "pixel"
+    elif budget := cell_and_task(preset, "budget"):
+        c.cell, c.task = budget
         c.input_mean, c.input_std = 0.1307, 0.3081
         c.learning_rate = 1e-4
         c.num_epochs = 2
