@@ -79,6 +79,21 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         lower_bound=0,
     )
 
+    allow_data_flag = flags.DEFINE_bool(
+        "allow_data_change",
+        False,
+        "resume even when the data read now differs from the data the checkpoint was trained on "
+        "(its SHA-256 fingerprint); without it such a resume is refused",
+    )
+
+    mirror_flag = flags.DEFINE_string(
+        "mirror",
+        None,
+        "a folder that keeps a portable copy of the run (run.json, metrics, the newest checkpoint; a few "
+        "hundred KB): rewritten after every checkpoint, and taken into the workdir at the start when it "
+        "is newer. Commit or copy it, and the same command resumes the run on another machine.",
+    )
+
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -92,7 +107,14 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             share = len(sweep.expand(config)) if config.sweep else config.batch_size
             parallel.use_cpu_devices(cpu_devices_flag.value, share)  # before anything starts JAX's backends
             command = shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]])
-            result = loop.train_and_evaluate(config, workdir, experiment=experiment, command=command)
+            result = loop.train_and_evaluate(
+                config,
+                workdir,
+                experiment=experiment,
+                command=command,
+                allow_data_change=allow_data_flag.value,
+                mirror=mirror_flag.value,
+            )
         except KNOWN_ERRORS as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

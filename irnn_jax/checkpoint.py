@@ -39,6 +39,7 @@ ADDED_FIELDS = {
     "lr_schedule": "constant",
     "warmup_steps": 0,
     "checkpoint_every_seconds": 0.0,
+    "earlier_passes": 1,  # S3's replay: the second pass was the only one before the field
 }
 
 # Fields that may change between a run and its resumption without making the
@@ -57,6 +58,7 @@ RESUMABLE_FIELDS = frozenset(
         "max_checkpoints_to_keep",
         "eval_batch_size",
         "data_dir",
+        "data_source",
         "tfds_data_dir",
         "progress_bar",
     }

@@ -1,7 +1,9 @@
 """Image datasets as uint8 arrays, from files; nothing else (`input_pipeline` makes batches).
 
-Three sources give the same arrays:
+Four sources give the same arrays:
 
+* the copy of MNIST shipped in the package (`irnn_jax/embedded/mnist`, see its README.md),
+  checked against its SHA-256 sums on every load;
 * a local folder with the four standard IDX files (`train-images-idx3-ubyte`,
   `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`,
   each plain or `.gz`), the format of every MNIST mirror and of Debian's
@@ -14,6 +16,7 @@ Three sources give the same arrays:
 
 import dataclasses
 import gzip
+import hashlib
 import os
 import struct
 from pathlib import Path
@@ -23,6 +26,9 @@ import numpy as np
 IMAGE_DATASETS = ("mnist", "fashion_mnist")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28)
+
+EMBEDDED_ROOT = Path(__file__).resolve().parent / "embedded"
+SUMS_FILE = "SHA256SUMS"
 
 IDX_FILES = {
     ("train", "images"): "train-images-idx3-ubyte",
@@ -34,6 +40,10 @@ IDX_FILES = {
 
 class DataError(RuntimeError):
     """A dataset could not be found or read; the message says what to do."""
+
+
+class DataMismatchError(DataError):
+    """A run resumed on other arrays than those its checkpoint was trained on."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +63,31 @@ class Dataset:
     name: str
     train: Split
     test: Split
-    source: str  # where the arrays came from, for logs and the results page
+    source: str  # KIND:WHERE, KIND one of SOURCE_KINDS: where the arrays came from, for logs and run.json
+
+
+SOURCE_KINDS = ("embedded", "data_dir", "tfds", "download", "generated")
+
+
+def fingerprint(dataset: Dataset) -> dict:
+    """{'source', 'train_sha256', 'test_sha256'}: which arrays a run read, whatever the files.
+
+    Each digest covers dtype, shape and bytes of a split's inputs, then of its targets, so the
+    same digits give the same fingerprint from the embedded copy, a data_dir or TFDS."""
+    out = {"source": dataset.source}
+    for name, split in (("train", dataset.train), ("test", dataset.test)):
+        digest = hashlib.sha256()
+        for a in (split.inputs, split.targets):
+            a = np.ascontiguousarray(a)
+            digest.update(f"{a.dtype.str} {list(a.shape)};".encode())
+            digest.update(a.tobytes())
+        out[f"{name}_sha256"] = digest.hexdigest()
+    return out
+
+
+def same_arrays(a: dict, b: dict) -> bool:
+    """Whether two fingerprints name the same arrays (their sources may differ)."""
+    return a["train_sha256"] == b["train_sha256"] and a["test_sha256"] == b["test_sha256"]
 
 
 # --------------------------------------------------------------------------- IDX
@@ -117,8 +151,8 @@ def _find_idx(data_dir: Path, base: str) -> Path:
     )
 
 
-def load_idx_dir(data_dir: str | os.PathLike, name: str) -> Dataset:
-    """Loads the four standard IDX files from a folder."""
+def load_idx_dir(data_dir: str | os.PathLike, name: str, kind: str = "data_dir") -> Dataset:
+    """Loads the four standard IDX files from a folder; `kind` names the source in `Dataset.source`."""
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise DataError(f"data_dir {data_dir} does not exist or is not a folder")
@@ -135,7 +169,52 @@ def load_idx_dir(data_dir: str | os.PathLike, name: str) -> Dataset:
         if labels.size and labels.max() >= NUM_CLASSES:
             raise DataError(f"{lbl_path} has label {labels.max()}, expected 0..9")
         splits[split] = Split(images, labels.astype(np.int32))
-    return Dataset(name, splits["train"], splits["test"], source=f"idx:{data_dir}")
+    return Dataset(name, splits["train"], splits["test"], source=f"{kind}:{data_dir}")
+
+
+# ---------------------------------------------------------------------- embedded
+
+
+def embedded_dir(name: str) -> Path | None:
+    """The folder of the copy of `name` shipped in the package, or None when none is shipped."""
+    folder = EMBEDDED_ROOT / name
+    return folder if (folder / SUMS_FILE).is_file() else None
+
+
+def verify_embedded(folder: Path) -> None:
+    """Checks every file that FOLDER/SHA256SUMS lists; DataError naming the first that differs."""
+    for number, line in enumerate((folder / SUMS_FILE).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        expected, _, file_name = line.partition("  ")
+        path = folder / file_name
+        try:
+            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError as e:
+            raise DataError(
+                f"the embedded copy's file {path} cannot be read ({e.strerror}); reinstall irnn-jax "
+                f"(or `git checkout -- {path.name}` in a clone), or pass --config.data_dir=DIR"
+            ) from e
+        if actual != expected:
+            raise DataError(
+                f"the embedded copy's file {path} is damaged: its SHA-256 is {actual}, but "
+                f"{folder / SUMS_FILE}:{number} records {expected}. It was not used. Restore it "
+                f"(`git checkout -- {path.name}` in a clone, or reinstall irnn-jax), or pass --config.data_dir=DIR."
+            )
+
+
+def load_embedded(name: str) -> Dataset:
+    """The copy of `name` shipped in the package, verified against its SHA-256 sums first."""
+    folder = embedded_dir(name)
+    if folder is None:
+        raise DataError(f"irnn-jax ships no copy of {name!r} (it ships: {shipped_datasets() or 'none'})")
+    verify_embedded(folder)
+    return load_idx_dir(folder, name, kind="embedded")
+
+
+def shipped_datasets() -> list[str]:
+    """Names of the datasets shipped in the package."""
+    return sorted(p.parent.name for p in EMBEDDED_ROOT.glob(f"*/{SUMS_FILE}"))
 
 
 # -------------------------------------------------------------------------- TFDS

@@ -25,6 +25,8 @@ from irnn_jax import adding, data, download, parallel
 
 TASKS = ("pixel", "permuted", "row", "adding")
 DATASETS = (*data.IMAGE_DATASETS, "adding")
+# config.data_source: "auto" takes the first that has the data, in this order (data_dir aside).
+DATA_SOURCES = ("auto", "tfds", "embedded", "download")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +52,36 @@ def task_info(config) -> TaskInfo:
 
 
 def load_dataset(config) -> data.Dataset:
-    """The arrays a config asks for. The adding problem is generated. Images come from, in this
-    order: `config.data_dir` when set; a folder where tensorflow-datasets has prepared the dataset;
-    else the four published IDX files, downloaded once, checked against their published checksums
-    and kept for later runs (`download.fetch_idx`; offline it fails within seconds, with advice)."""
+    """The arrays a config asks for. The adding problem is generated. Images come from
+    `config.data_dir` when it is set, else from `config.data_source`; its default, "auto", takes
+    the first of these that has the dataset:
+
+    1. a folder where tensorflow-datasets has prepared it (`tfds_data_dir`);
+    2. the copy shipped in the package (MNIST only), checked against its SHA-256 sums;
+    3. the four published IDX files, downloaded once, checked against their published checksums
+       and kept for later runs (`download.fetch_idx`; offline it fails within seconds, with advice).
+
+    "tfds", "embedded" or "download" takes that source only, and fails when it lacks the data."""
     if config.dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {config.dataset!r}")
     if config.dataset == "adding":
         return adding.load(config)
     if config.data_dir:
         return data.load_idx_dir(config.data_dir, config.dataset)
-    prepared = data.tfds_prepared(config.dataset, config.tfds_data_dir)
-    if prepared is not None:
-        return prepared
-    return data.load_idx_dir(download.fetch_idx(config.dataset), config.dataset)
+    source = config.get("data_source", "auto")
+    if source in ("auto", "tfds"):
+        prepared = data.tfds_prepared(config.dataset, config.tfds_data_dir)
+        if prepared is not None:
+            return prepared
+        if source == "tfds":
+            raise data.DataError(
+                f"tensorflow-datasets has not prepared {config.dataset} in "
+                f"{config.tfds_data_dir or '$TFDS_DATA_DIR or ~/tensorflow_datasets'}; set tfds_data_dir, "
+                f"or choose another data_source"
+            )
+    if source in ("auto", "embedded") and (source == "embedded" or data.embedded_dir(config.dataset)):
+        return data.load_embedded(config.dataset)
+    return data.load_idx_dir(download.fetch_idx(config.dataset), config.dataset, kind="download")
 
 
 # ----------------------------------------------------------------- sequence views

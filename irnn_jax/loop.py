@@ -22,6 +22,7 @@ from tqdm import tqdm
 from irnn_jax import checkpoint as ckpt_lib
 from irnn_jax import data, input_pipeline, parallel, train
 from irnn_jax import metrics as metrics_lib
+from irnn_jax import mirror as mirror_lib
 from irnn_jax import model as model_lib
 from irnn_jax import sweep as sweep_lib
 from irnn_jax import workdir as workdir_lib
@@ -159,16 +160,29 @@ def _format_row(name: str, row: dict) -> str:
 
 
 def train_and_evaluate(
-    config, workdir: str | Path, experiment: str | None = None, command: str | None = None
+    config,
+    workdir: str | Path,
+    experiment: str | None = None,
+    command: str | None = None,
+    allow_data_change: bool = False,
+    mirror: str | Path | None = None,
 ) -> RunResult:
     """Trains and evaluates `config` (a single run or a sweep) in `workdir`, resuming from its newest
     good checkpoint, and records the session in WORKDIR/run.json (`experiment` and `command` label it
-    there; by default they come from the config and the process's command line).
+    there; by default they come from the config and the process's command line), with the
+    fingerprint of the arrays it read (`data.fingerprint`) and the steps it trained.
+
+    A checkpoint remembers the fingerprint of the data that trained it: resuming on other arrays
+    raises data.DataMismatchError, unless `allow_data_change`.
+
+    `mirror`, a folder, keeps a portable copy of the run (`irnn_jax.mirror`): taken into the workdir
+    first when it is newer, and rewritten after every checkpoint and when the run stops.
 
     Raises train.ConfigError (bad config), data.DataError (data missing or corrupt),
     workdir.WorkdirBusyError (another process runs in the workdir), checkpoint.CheckpointMismatchError
-    (the workdir holds another run), checkpoint.CheckpointCorruptError (no usable checkpoint left)
-    and train.DivergenceError (non-finite loss; the last good state is saved first).
+    (the workdir holds another run), checkpoint.CheckpointCorruptError (no usable checkpoint left),
+    data.DataMismatchError (other data than the checkpoint's) and train.DivergenceError (non-finite
+    loss; the last good state is saved first).
     """
     train.validate_config(config)
     parallel.maybe_initialize_distributed()
@@ -176,29 +190,61 @@ def train_and_evaluate(
     main = parallel.is_main_process()
     lock = workdir_lib.WorkdirLock(workdir).acquire() if main else None
     try:
+        if mirror is not None and main:
+            mirror_lib.pull(mirror, workdir)
+        parallel.barrier("mirror pulled")
         s = setup(config)
-        return _train(s, workdir, main, experiment, command)
+        return _train(s, workdir, main, experiment, command, allow_data_change, mirror if main else None)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(s: Setup, workdir: Path, main: bool, experiment: str | None, command: str | None) -> RunResult:
+def _check_same_data(meta: dict, current: dict, allow_data_change: bool) -> None:
+    """Raises DataMismatchError when the checkpoint's data fingerprint names other arrays."""
+    saved = meta.get("data")
+    if saved is None:
+        logging.warning("the checkpoint predates data fingerprints; its data cannot be checked")
+    elif not data.same_arrays(saved, current):
+        what = [k for k in ("train_sha256", "test_sha256") if saved[k] != current[k]]
+        if not allow_data_change:
+            raise data.DataMismatchError(
+                f"this checkpoint was trained on other data: its {' and '.join(what)} "
+                f"({', '.join(saved[k][:12] for k in what)}..., from {saved['source']}) differ from the arrays "
+                f"read now ({', '.join(current[k][:12] for k in what)}..., from {current['source']}). Point the run "
+                f"at the same data (data_dir, data_source), or pass --allow_data_change to go on anyway."
+            )
+        logging.warning("resuming on other data than the checkpoint's (%s), as asked", ", ".join(what))
+
+
+def _train(
+    s: Setup,
+    workdir: Path,
+    main: bool,
+    experiment: str | None,
+    command: str | None,
+    allow_data_change: bool,
+    mirror: str | Path | None,
+) -> RunResult:
     config, names, num_steps = s.config, s.run_names, s.num_steps
     config_dict = config.to_dict()
     shapes = ckpt_lib.param_shapes(s.state.params)
+    data_print = data.fingerprint(s.dataset)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
     writers = []
+    recorded, last_saved = False, None
     try:
         state = s.state
         restored = checkpointer.restore_compatible(parallel.abstract_like(state), config_dict, shapes)
         start, elapsed = 0, 0.0
         if restored is not None:
             start, state, meta = restored
+            _check_same_data(meta, data_print, allow_data_change)
             elapsed = float(meta.get("elapsed_seconds", 0.0))
             logging.info("resumed from step %d in %s", start, checkpointer.directory)
         if main:
-            workdir_lib.record_session(workdir, config, experiment, command)
+            workdir_lib.record_session(workdir, config, experiment, command, data=data_print, start_step=start)
+            recorded = True
             writers = [metrics_lib.MetricsWriter(workdir / "runs" / n if n else workdir, start) for n in names]
         logging.info(
             "%s: %d train / %d test examples from %s; %d steps (%.2f epochs) of %d run(s), %d parameters each; "
@@ -219,9 +265,12 @@ def _train(s: Setup, workdir: Path, main: bool, experiment: str | None, command:
             nonlocal last_saved, t_saved
             if last_saved != at_step:
                 meta = {"config": config_dict, "param_shapes": shapes, "step": at_step, "run_names": names,
-                        "elapsed_seconds": elapsed + time.perf_counter() - t_run}  # fmt: skip
+                        "elapsed_seconds": elapsed + time.perf_counter() - t_run, "data": data_print}  # fmt: skip
                 checkpointer.save(at_step, state, meta)
                 last_saved, t_saved = at_step, time.perf_counter()
+                if mirror is not None:
+                    checkpointer.wait()  # the mirror copies finished checkpoints only
+                    mirror_lib.push(workdir, mirror, at_step)
 
         progress = tqdm(total=num_steps, initial=start, unit="step", disable=not (config.progress_bar and main),
                         dynamic_ncols=True, mininterval=1.0)  # fmt: skip
@@ -282,3 +331,10 @@ def _train(s: Setup, workdir: Path, main: bool, experiment: str | None, command:
         checkpointer.close()  # waits for the last async save, on every exit path
         for w in writers:
             w.close()
+        if recorded:
+            workdir_lib.end_session(workdir, last_saved)
+        if mirror is not None:
+            try:
+                mirror_lib.push(workdir, mirror, last_saved)
+            except OSError as e:  # the run's own outcome (or exception) matters more
+                logging.warning("could not update the mirror %s: %s", mirror, e)

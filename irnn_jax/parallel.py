@@ -161,3 +161,9 @@ def any_process(flag: bool) -> bool:
         return bool(flag)
 
     return bool(np.max(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def barrier(name: str) -> None:
+    """Waits until every process gets here; no-op in a single process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)

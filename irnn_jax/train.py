@@ -43,6 +43,12 @@ def validate_config(config) -> None:
     datasets, tasks = input_pipeline.DATASETS, input_pipeline.TASKS
     need(c.dataset in datasets, f"dataset must be one of {datasets}, got {c.dataset!r}")
     need(c.task in tasks, f"task must be one of {tasks}, got {c.task!r}")
+    sources = input_pipeline.DATA_SOURCES
+    need(c.data_source in sources, f"data_source must be one of {sources}, got {c.data_source!r}")
+    need(
+        not (c.data_dir and c.data_source != "auto"),
+        f"data_dir and data_source name two sources ({c.data_dir!r}, {c.data_source!r}); set one",
+    )
     need(c.cell in model_lib.CELLS, f"cell must be one of {model_lib.CELLS}, got {c.cell!r}")
     recurrences = recurrence.RECURRENCES
     need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
@@ -117,6 +123,8 @@ def validate_config(config) -> None:
         for field, low in (("sequence_length", 2), ("num_train_examples", 1), ("num_test_examples", 1)):
             v = c.get(field)
             need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}, got {v!r}")
+    if "earlier_passes" in c:  # S3's replay (row_mnist tanh50_dense30_as_logged)
+        need(c.earlier_passes in (1, 2, 3), f"earlier_passes must be 1, 2 or 3, got {c.earlier_passes!r}")
     if c.sweep:
         try:
             sweep.parse(c.sweep)

@@ -142,8 +142,16 @@ def experiment_of(config) -> str:
     return "row_mnist" if config.task == "row" else "pixel_mnist"
 
 
-def record_session(workdir: Path, config, experiment: str | None = None, command: str | None = None) -> None:
-    """Adds this session (command, hardware, code version, time) to WORKDIR/run.json, atomically."""
+def record_session(
+    workdir: Path,
+    config,
+    experiment: str | None = None,
+    command: str | None = None,
+    data: dict | None = None,
+    start_step: int = 0,
+) -> None:
+    """Adds this session (command, hardware, code version, time, the fingerprint of the data it read
+    and the step it started from) to WORKDIR/run.json, atomically; `end_session` completes it."""
     info = read_run_json(workdir)
     info.update(experiment=experiment or experiment_of(config), preset=config.name, config=config.to_dict())
     info["sessions"].append(
@@ -154,6 +162,20 @@ def record_session(workdir: Path, config, experiment: str | None = None, command
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "started": _now(),
             **code_version(),
+            "start_step": start_step,
+            **({"data": data} if data is not None else {}),
         }
     )
     write_json_atomically(Path(workdir) / RUN_JSON, info)
+
+
+def end_session(workdir: Path, saved_step: int | None) -> None:
+    """Completes the newest session of WORKDIR/run.json: when it ended and the step of its last saved
+    checkpoint (None: it saved none). Never raises: the run's outcome matters more than this record."""
+    try:
+        info = read_run_json(workdir)
+        if info["sessions"]:
+            info["sessions"][-1].update(ended=_now(), end_step=saved_step)
+            write_json_atomically(Path(workdir) / RUN_JSON, info)
+    except OSError as e:
+        logging.warning("could not complete %s: %s", Path(workdir) / RUN_JSON, e)

@@ -16,6 +16,7 @@ KERAS_PARAMS = {
     ("pixel_mnist", "keras"): 11_210,
     ("pixel_mnist", "keras_900"): 11_210,
     ("pixel_mnist", "keras_default_init"): 11_210,
+    ("pixel_mnist", "keras_identity_init"): 11_210,
     # Keras SimpleRNN(100) + Dense(10); LSTM(100): 4 * (1*100 + 100*100 + 100) + 1,010.
     **{("pixel_mnist", f"paper_{c}{s}"): 11_210 for c in ("irnn", "rnn_relu", "rnn_tanh") for s in ("", "_permuted")},
     ("pixel_mnist", "paper_lstm"): 41_810,

@@ -26,6 +26,7 @@ def test_without_data_dir_or_tfds_offline_fails_fast_with_advice(tmp_path, monke
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
     monkeypatch.setenv("IRNN_JAX_DATA", str(tmp_path / "cache"))
     c = pixel_mnist.get_config("keras")
+    c.data_source = "download"  # MNIST would otherwise come from the copy shipped in the package
     t = time.monotonic()
     with pytest.raises(data.DataError, match=r"--config.data_dir=DIR"):
         input_pipeline.load_dataset(c)
@@ -34,7 +35,7 @@ def test_without_data_dir_or_tfds_offline_fails_fast_with_advice(tmp_path, monke
 
 def test_data_dir_wins(idx_dir):
     ds = input_pipeline.load_dataset(tiny_config(idx_dir))
-    assert ds.source == f"idx:{idx_dir}" and len(ds.train) == 96
+    assert ds.source == f"data_dir:{idx_dir}" and len(ds.train) == 96
 
 
 def test_task_info():

@@ -12,7 +12,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     # Data.
     c.dataset = "mnist"  # mnist | fashion_mnist
-    c.data_dir = ""  # folder with the four IDX files (plain or .gz); empty: tensorflow-datasets
+    c.data_dir = ""  # folder with the four IDX files (plain or .gz); empty: data_source decides
+    c.data_source = "auto"  # auto: prepared TFDS, else the shipped copy, else download | tfds | embedded | download
     c.tfds_data_dir = ""  # where TFDS keeps prepared data; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
     c.task = "pixel"  # pixel: 784 x 1 | permuted: fixed pixel permutation | row: 28 x 28
     c.permutation_seed = 0  # seed of the fixed permutation of the permuted task

@@ -43,6 +43,7 @@ from experiments.configs.base import base_config
 
 PRESETS = ("keras_relu16", "tanh50_dense30", "tanh50_dense30_as_logged", "tanh50")
 # The nine test accuracies S3's notebook printed, after steps 4,002 + 500 k of its two passes.
+S3_PASS_STEPS = 4001  # one pass of S3's training cell: steps 0..4000
 S3_LOGGED = (0.9379, 0.9530, 0.9476, 0.9481, 0.9504, 0.9525, 0.9491, 0.9545, 0.9483)
 REPORTED = {
     "keras_relu16": dict(value=0.8379, step=11_000, text="0.8379 test accuracy, loss 0.5209 (S2)"),
@@ -85,9 +86,11 @@ def get_config(preset: str = "keras_relu16"):
         c.eval_every_steps = 500
         c.eval_offset = 1
         c.checkpoint_every_steps = 500
-        if preset == "tanh50_dense30_as_logged":  # the notebook's second pass: 4,001 more steps
-            c.num_train_steps = 8002
-            c.eval_offset = 4002
+        if preset == "tanh50_dense30_as_logged":  # the logged pass came after `earlier_passes` others
+            c.earlier_passes = 1  # passes of S3's training cell before the logged one: 1, 2 or 3
+            passes = c.get_ref("earlier_passes")
+            c.num_train_steps = (passes + 1) * S3_PASS_STEPS
+            c.eval_offset = passes * S3_PASS_STEPS + 1
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     return c
