@@ -92,9 +92,9 @@ def profile(batch: int, unroll: int, reps: int) -> None:
     zx_TxBxH = jnp.asarray(rng.normal(0, 0.1, (T, batch, H)), jnp.float32)
     w_HxH = jnp.asarray(np.eye(H) + rng.normal(0, 0.01, (H, H)), jnp.float32)
     # The small-batch form: the input terms zx computed before the loop (identity projection).
-    fwd = jax.jit(lambda zx, w: recurrence._xla_forward(zx, lambda z: z, w, "relu", unroll, keep_states=True))
-    last = jax.jit(lambda zx, w: recurrence._xla_forward(zx, lambda z: z, w, "relu", unroll, keep_states=False))
-    bwd = jax.jit(functools.partial(recurrence._xla_backward, activation="relu", unroll=unroll))
+    fwd = jax.jit(lambda zx, w: recurrence._loop_forward(zx, lambda z: z, w, "relu", unroll, keep_states=True))
+    last = jax.jit(lambda zx, w: recurrence._loop_forward(zx, lambda z: z, w, "relu", unroll, keep_states=False))
+    bwd = jax.jit(functools.partial(recurrence._loop_backward, activation="relu", unroll=unroll))
     h_prev_TxBxH, h_last_BxH = fwd(zx_TxBxH, w_HxH)
     n = T * batch
 
@@ -140,11 +140,11 @@ def backward_forms(batch_sizes, reps: int) -> None:
         args = (x_TxBxC, h_prev_TxBxH, h_prev_TxBxH[-1], dh_BxH, w_in_CxH, w_HxH)
 
         def after_loop(x, h_prev, h_last, dh, w_in, w):
-            dz = recurrence._xla_backward(h_prev, h_last, dh, w, "relu", 1).reshape(-1, H)
+            dz = recurrence._loop_backward(h_prev, h_last, dh, w, "relu", 1).reshape(-1, H)
             return h_prev.reshape(-1, H).T @ dz, x.reshape(-1, C).T @ dz, dz.sum(0)
 
         def in_loop(x, h_prev, h_last, dh, w_in, w):
-            grads, _ = recurrence._xla_backward_accumulate(x, h_prev, h_last, dh, w_in, w, "relu", 1)
+            grads, _ = recurrence._loop_backward_accumulate(x, h_prev, h_last, dh, w_in, w, "relu", 1)
             return grads
 
         calls = {name: functools.partial(jax.jit(f), *args) for name, f in (("after", after_loop), ("in", in_loop))}
@@ -156,7 +156,8 @@ def backward_forms(batch_sizes, reps: int) -> None:
         )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    global T, H
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_sizes", default="32,256,1024")
     parser.add_argument("--unrolls", default="1,2,4,8,16")
@@ -164,9 +165,13 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--profile_batches", default="16,512", help="batch sizes to --profile (per device)")
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
-    args = parser.parse_args()
+    parser.add_argument("--backward_batches", default="16,64,128,256,512", help="batch sizes for --backward")
+    parser.add_argument("--seq_len", type=int, default=T, help="time steps (smaller only for quick checks)")
+    parser.add_argument("--hidden", type=int, default=H, help="hidden units (smaller only for quick checks)")
+    args = parser.parse_args(argv)
+    T, H = args.seq_len, args.hidden
     if args.backward:
-        backward_forms([16, 64, 128, 256, 512], args.reps)
+        backward_forms([int(b) for b in args.backward_batches.split(",")], args.reps)
         return
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {jax.device_count()} device(s)")
     table([int(b) for b in args.batch_sizes.split(",")], [int(u) for u in args.unrolls.split(",")], args.reps)

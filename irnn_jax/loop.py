@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from tqdm import tqdm
@@ -84,7 +83,7 @@ def compile_steps(config, apply_fn, mesh, is_sweep: bool):
     if is_sweep:  # one more leading axis: runs (state, indices), shared data
         chunk = jax.vmap(chunk, in_axes=(0, None, 1, 1))
         evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None))
-    reset = lambda s: s.replace(sums=jax.tree.map(jnp.zeros_like, s.sums))  # noqa: E731
+    reset = train.reset_sums
     return (
         jax.jit(chunk, donate_argnums=0),
         jax.jit(evaluate),

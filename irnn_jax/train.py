@@ -232,6 +232,12 @@ def batch_gradients(params, apply_fn, batch: dict, loss_fn, mesh=None):
     return parallel.sum_over_batch_shards(share, mesh)(params, batch)
 
 
+def reset_sums(state: TrainState) -> TrainState:
+    """Zeroes the training-metric sums after an evaluation, all but `nonfinite`: a run that diverged
+    stays frozen (train_step refuses every update while it is > 0)."""
+    return state.replace(sums={k: v if k == "nonfinite" else jnp.zeros_like(v) for k, v in state.sums.items()})
+
+
 def train_step(state: TrainState, batch: dict, loss_fn, mesh=None) -> TrainState:
     """One optimiser step; pure. Once a step is non-finite the state stops changing.
 

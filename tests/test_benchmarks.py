@@ -1,11 +1,16 @@
-"""benchmarks/compare.py: a tiny JAX-only run end to end, and the skip path for a missing framework."""
+"""The benchmarks: compare.py's tiny JAX-only run end to end and its skip path for a missing framework,
+and every entry point run for a step or two on tiny sizes, so that none can rot unnoticed (timings
+are not checked: benchmarks measure, tests do not)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from benchmarks import compare
+from benchmarks import compare, recurrence_cpu
 from irnn_jax import parallel
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # benchmark subprocesses
 
@@ -43,3 +48,40 @@ def test_jax_runs_and_missing_framework_is_skipped(tmp_path, monkeypatch):
 def test_unknown_framework_is_an_error():
     with pytest.raises(ValueError, match="unknown frameworks"):
         compare.run(compare.Options(frameworks=("jax", "tensorflow_v1")), log=lambda s: None)
+
+
+TINY = ["--reps=1", "--seq_len=12", "--hidden=8"]
+
+
+def test_recurrence_cpu_table_and_profile(capsys):
+    recurrence_cpu.main(["--batch_sizes=2", "--unrolls=1,2", "--profile", "--profile_batches=2", *TINY])
+    out = capsys.readouterr().out
+    assert "fused unroll=2" in out and "scan" in out
+    assert "fused backward loop (dz)" in out and "us/step" in out  # the --profile table
+
+
+def test_recurrence_cpu_backward_forms(capsys):
+    recurrence_cpu.main(["--backward", "--backward_batches=2,4", *TINY])
+    out = capsys.readouterr().out
+    assert "B=2 " in out and "B=4 " in out and "inside the loop" in out
+
+
+def test_sweep_scaling_command_line():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.sweep_scaling", "--runs=1,2", "--batch_size=2", "--steps=1",
+         "--repeats=1", "--cpu_devices=1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| 1 |" in out.stdout and "| 2 |" in out.stdout
+
+
+def test_compare_command_line(tmp_path):
+    md = tmp_path / "bench.md"
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare", "--frameworks=jax", "--batch_sizes=2", "--steps=1",
+         "--repeats=1", "--warmup=1", "--hidden=8", "--matmul_size=64", f"--md_out={md}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| jax " in md.read_text()

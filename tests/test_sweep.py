@@ -87,12 +87,20 @@ def test_sweep_resumes_exactly_from_one_checkpoint(idx_dir, tmp_path):
 
 @pytest.mark.slow
 def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
-    config = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, num_train_steps=15, sweep="learning_rate=1e-4,1e6")
-    result = loop.train_and_evaluate(config, tmp_path)
+    """The diverged run stays frozen across later evaluations (which reset the metric sums): after 15
+    steps its parameters and step counter are those it had at the first evaluation, step 5."""
+    config = lambda steps: tiny_config(  # noqa: E731
+        idx_dir, optimizer="sgd", clip_norm=0.0, num_train_steps=steps, sweep="learning_rate=1e-4,1e6"
+    )
+    early = loop.train_and_evaluate(config(5), tmp_path / "early")
+    result = loop.train_and_evaluate(config(15), tmp_path / "late")
     good, bad = result.run_names
-    good_rows = metrics.read_rows(tmp_path / "runs" / good / "metrics.jsonl")
-    bad_rows = metrics.read_rows(tmp_path / "runs" / bad / "metrics.jsonl")
+    good_rows = metrics.read_rows(tmp_path / "late" / "runs" / good / "metrics.jsonl")
+    bad_rows = metrics.read_rows(tmp_path / "late" / "runs" / bad / "metrics.jsonl")
     assert not any(r.get("diverged") for r in good_rows) and good_rows[-1]["step"] == 15
-    assert bad_rows[-1]["diverged"] is True
-    steps = np.asarray(result.state.step)
-    assert steps[0] == 15 and steps[1] < 15  # the frozen run's step counter stopped
+    assert [r["step"] for r in bad_rows] == [5, 10, 15] and all(r["diverged"] for r in bad_rows)
+    steps, early_steps = np.asarray(result.state.step), np.asarray(early.state.step)
+    assert steps[0] == 15 and steps[1] == early_steps[1] < 5  # the frozen run's step counter stopped
+    frozen = jax.tree.map(lambda x: np.asarray(x)[1], (result.state.params, result.state.opt_state))
+    at_five = jax.tree.map(lambda x: np.asarray(x)[1], (early.state.params, early.state.opt_state))
+    jax.tree.map(np.testing.assert_array_equal, frozen, at_five)

@@ -111,6 +111,17 @@ def test_non_finite_step_freezes_the_state(idx_dir):
     jax.tree.map(np.testing.assert_array_equal, later.params, state.params)
 
 
+def test_a_diverged_run_stays_frozen_across_the_reset_after_an_evaluation(idx_dir):
+    """The loop zeroes the metric sums after each evaluation; a diverged run must not train again from
+    its last good parameters, even where the next steps would be finite."""
+    s = loop.setup(tiny_config(idx_dir, learning_rate=1e-3))
+    diverged = s.state.replace(sums={**s.state.sums, "nonfinite": jnp.ones((), jnp.int32)})
+    before = jax.tree.map(np.array, (diverged.params, diverged.opt_state, diverged.step))
+    after = s.chunk_fn(s.reset_fn(diverged), s.train_data, *s.train_indices(0, 3))
+    jax.tree.map(np.testing.assert_array_equal, (after.params, after.opt_state, after.step), before)
+    assert int(after.sums["nonfinite"]) == 4 and float(after.sums["count"]) == 0  # 1 + 3 refused steps
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "every,last,want",
