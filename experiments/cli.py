@@ -4,6 +4,7 @@ import ast
 import difflib
 import importlib
 import logging as std_logging
+import os
 import re
 import shlex
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irnn_jax import checkpoint, data, loop, metrics, parallel, sweep, train, workdir
+from irnn_jax import checkpoint, data, loop, metrics, parallel, peers, sweep, train, workdir
 
 # What a run can fail with that is the user's to fix: printed as one message, exit status 1.
 KNOWN_ERRORS = (
@@ -53,6 +54,10 @@ class _QuietLibraries(std_logging.Filter):
 
 def run_experiment(doc: str, config_file: str, default_preset: str, experiment: str) -> None:
     """Defines --workdir and --config, then trains. Known failures exit 1 with a message."""
+    if peers.is_multi_process_launch() and not os.environ.get(peers.SUPERVISED):
+        # One process of several: run the training in a child, so that a lost coordinator ends this
+        # process with peers.EXIT_PEER_LOST (requeue) and one line, not an abort (irnn_jax.peers).
+        sys.exit(peers.supervise(["-m", f"experiments.{experiment}", *sys.argv[1:]]))
     config_path = CONFIG_DIR / config_file
     presets_module = importlib.import_module(f"experiments.configs.{config_path.stem}")
     presets = presets_module.PRESETS

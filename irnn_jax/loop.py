@@ -19,7 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 from irnn_jax import checkpoint as ckpt_lib
-from irnn_jax import data, input_pipeline, parallel, train
+from irnn_jax import data, input_pipeline, parallel, peers, train
 from irnn_jax import metrics as metrics_lib
 from irnn_jax import mirror as mirror_lib
 from irnn_jax import model as model_lib
@@ -194,6 +194,11 @@ def train_and_evaluate(
         parallel.barrier("mirror pulled")
         s = setup(config)
         return _train(s, workdir, main, experiment, command, allow_data_change, mirror if main else None)
+    except jax.errors.JaxRuntimeError:
+        # In a multi-process run a collective fails when another process dies: exit with
+        # peers.EXIT_PEER_LOST (requeue) rather than crash, if that is what happened.
+        peers.exit_if_a_peer_is_lost()
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -231,7 +236,7 @@ def _train(
     data_print = data.fingerprint(s.dataset)
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
     writers = []
-    recorded, last_saved = False, None
+    recorded, last_saved, outcome = False, None, "error"
     try:
         state = s.state
         restored = checkpointer.restore_compatible(parallel.abstract_like(state), config_dict, shapes)
@@ -292,6 +297,7 @@ def _train(
                     good = int(parallel.fetch(state.step))
                     save(good)
                     checkpointer.wait()
+                    outcome = f"diverged at step {good + 1}"
                     raise train.DivergenceError(
                         f"the loss or gradient became non-finite at step {good + 1} (of steps "
                         f"{good + 1}..{step}); the state after step {good} is saved in "
@@ -325,13 +331,14 @@ def _train(
                     logging.warning("signal: saved step %d, stopping", step)
                     break
         progress.close()
+        outcome = "stopped by signal" if stopping else "finished"
         return RunResult(state, step, stopping, last_rows, names)
     finally:
         checkpointer.close()  # waits for the last async save, on every exit path
         for w in writers:
             w.close()
         if recorded:
-            workdir_lib.end_session(workdir, last_saved)
+            workdir_lib.end_session(workdir, last_saved, outcome)
         if mirror is not None:
             try:
                 mirror_lib.push(workdir, mirror, last_saved)

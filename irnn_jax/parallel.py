@@ -10,14 +10,18 @@ when the launcher asks for it (SLURM with several tasks, Cloud TPU pods, or
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set by hand).
 """
 
+import atexit
 import os
 
 import jax
 import numpy as np
 from absl import logging
+from jax._src import distributed as jax_distributed
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from irnn_jax import peers
 
 AXIS = "data"
 
@@ -33,17 +37,32 @@ def maybe_initialize_distributed() -> None:
     # CPU processes need a collectives backend to talk to each other; GPUs and
     # TPUs ignore this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeout_s, interval_s = peers.settings()
+    heartbeat = peers.jax_heartbeat_timeout(timeout_s)
+    _join(explicit, heartbeat)
+    logging.info(
+        "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
+    )
+    # The coordination service's client: no public accessor in JAX 0.10; without it, JAX's own
+    # (slower, aborting) heartbeat is all there is.
+    client = getattr(getattr(jax_distributed, "global_state", None), "client", None)
+    if client is None:
+        logging.warning("no jax.distributed client found: a lost process will be noticed only by JAX itself")
+        return
+    watchdog = peers.start(client, jax.process_index(), jax.process_count(), timeout_s, interval_s)
+    atexit.register(watchdog.done)  # registered after JAX's shutdown hook, so it runs before it
+
+
+def _join(explicit: bool, heartbeat_timeout_seconds: int) -> None:
     if explicit:
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
+            heartbeat_timeout_seconds=heartbeat_timeout_seconds,
         )
-    else:
-        jax.distributed.initialize()  # detects SLURM (and Cloud TPU) by itself
-    logging.info(
-        "process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count()
-    )
+    else:  # detects SLURM (and Cloud TPU) by itself
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def usable_cores() -> int:

@@ -9,6 +9,7 @@ Drive) two machines may both get it, so do not start the same run on two machine
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -118,6 +119,16 @@ def hardware() -> str:
     return f"{cpu} ({os.cpu_count()} cores){accelerator}"
 
 
+def machine_id() -> str:
+    """A short stable name of this machine (a hash of /etc/machine-id, else of the host name), so that
+    run.json tells two machines of the same model apart without recording anything identifying."""
+    try:
+        raw = Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        raw = ""
+    return hashlib.sha256((raw or socket.gethostname()).encode()).hexdigest()[:12]
+
+
 def code_version(root: Path = REPO_ROOT) -> dict:
     """{'git_commit': sha, 'git_dirty': bool} of the checkout the code runs from ({} outside git)."""
     try:
@@ -158,6 +169,7 @@ def record_session(
         {
             "command": command or shlex.join([Path(sys.executable).name, *sys.argv]),
             "hardware": hardware(),
+            "machine": machine_id(),
             "jax": jax.__version__,
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
             "started": _now(),
@@ -169,13 +181,14 @@ def record_session(
     write_json_atomically(Path(workdir) / RUN_JSON, info)
 
 
-def end_session(workdir: Path, saved_step: int | None) -> None:
-    """Completes the newest session of WORKDIR/run.json: when it ended and the step of its last saved
-    checkpoint (None: it saved none). Never raises: the run's outcome matters more than this record."""
+def end_session(workdir: Path, saved_step: int | None, outcome: str) -> None:
+    """Completes the newest session of WORKDIR/run.json: when it ended, how ("finished", "stopped by
+    signal", "diverged at step N", "error") and the step of its last saved checkpoint (None: it saved
+    none). Never raises: the run's own outcome matters more than this record."""
     try:
         info = read_run_json(workdir)
         if info["sessions"]:
-            info["sessions"][-1].update(ended=_now(), end_step=saved_step)
+            info["sessions"][-1].update(ended=_now(), end_step=saved_step, outcome=outcome)
             write_json_atomically(Path(workdir) / RUN_JSON, info)
     except OSError as e:
         logging.warning("could not complete %s: %s", Path(workdir) / RUN_JSON, e)

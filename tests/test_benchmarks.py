@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # benchmark subprocesses
 
 
 def test_flop_per_sample_matches_reference():
-    # REFERENCE.md: 784 x (2x100x100 + 2x100) x 3, "about 47 MFLOP forward and backward".
+    # docs/sources.md: 784 x (2x100x100 + 2x100) x 3, 47.5 MFLOP forward and backward.
     assert compare.flop_per_sample(100) == 784 * (2 * 100 * 100 + 2 * 100) * 3 == 47_510_400
 
 

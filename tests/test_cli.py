@@ -8,10 +8,13 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from experiments.configs import base, pixel_mnist
-from irnn_jax import metrics, parallel
+from irnn_jax import metrics, parallel, train
 from tests.conftest import ROOT
 
 
@@ -37,21 +40,41 @@ def test_help_lists_every_field_and_preset():
         assert f"\n{preset}\n" in out.stdout, preset
 
 
-def test_issue_fields_exist():
-    c = pixel_mnist.get_config("keras")
-    for field in (
-        "dataset",
-        "data_dir",
-        "batch_size",
-        "learning_rate",
-        "clip_norm",
-        "num_epochs",
-        "num_train_steps",
-        "eval_every_steps",
-        "checkpoint_every_steps",
-        "seed",
+def _first_update(config, grads_scale=100.0):
+    """The parameter change of one optimiser step on a fixed gradient."""
+    state = train.create_state(config)
+    tx = train.make_optimizer(config)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, grads_scale), state.params)
+    updates, _ = tx.update(grads, tx.init(state.params), state.params)
+    return jax.tree.map(np.asarray, updates)
+
+
+def test_the_main_fields_each_change_what_a_run_does():
+    """The fields a user sets most (batch, length, optimiser, seed) are not only present but used."""
+    steps = train.total_steps(pixel_mnist.get_config("keras"), 60_000)
+    assert steps == 200 * 1875
+    for field, value, want in (
+        ("batch_size", 64, 200 * 938),  # the last batch of an epoch is partial, not dropped
+        ("num_epochs", 3, 3 * 1875),
+        ("num_train_steps", 777, 777),  # replaces the epoch count
+        ("num_train_steps", 10 * steps, 10 * steps),  # and can make the run longer
     ):
-        assert field in c, field
+        changed = pixel_mnist.get_config("keras")
+        changed[field] = value
+        assert train.total_steps(changed, 60_000) == want, field
+
+    base = _first_update(pixel_mnist.get_config("keras"))
+    for field, value in (("learning_rate", 2e-6), ("clip_norm", 0.5), ("clip_norm", 0.0)):
+        changed = pixel_mnist.get_config("keras")
+        changed[field] = value
+        update = _first_update(changed)
+        assert not np.array_equal(update["rnn"]["recurrent_kernel"], base["rnn"]["recurrent_kernel"]), field
+
+    seeded = pixel_mnist.get_config("keras")
+    seeded.seed = 1
+    a = train.create_state(pixel_mnist.get_config("keras")).params
+    b = train.create_state(seeded).params
+    assert not np.array_equal(np.asarray(a["rnn"]["kernel"]), np.asarray(b["rnn"]["kernel"]))
 
 
 def test_unknown_preset():

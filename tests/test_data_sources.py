@@ -118,7 +118,10 @@ def test_run_json_records_the_data_and_the_steps_of_each_session(tmp_path, idx_d
     sessions = json.loads((tmp_path / "run.json").read_text())["sessions"]
     expected = data.fingerprint(data.load_idx_dir(idx_dir, "mnist"))
     assert [s["data"] for s in sessions] == [expected, expected]
-    assert [(s["start_step"], s["end_step"]) for s in sessions] == [(0, 8), (8, 12)]
+    assert [(s["start_step"], s["end_step"], s["outcome"]) for s in sessions] == [
+        (0, 8, "finished"),
+        (8, 12, "finished"),
+    ]
 
 
 def test_a_resume_on_other_data_is_refused_unless_asked(tmp_path, idx_dir):

@@ -66,13 +66,24 @@ def test_the_page_names_the_code_that_ran(runs):
         assert group.commits() == session["git_commit"][:8] + ("+changes" if session["git_dirty"] else "")
 
 
-def test_a_logged_curve_is_compared_evaluation_by_evaluation(tmp_path):
-    config = row_mnist.get_config("tanh50_dense30_as_logged").to_dict()
-    rows = [{"step": s, "test_accuracy": 0.9 + k / 100} for k, (s, _) in enumerate(row_mnist.REPORTED[
-        "tanh50_dense30_as_logged"]["curve"])]  # fmt: skip
-    run = report.Run("as_logged", "row_mnist", "tanh50_dense30_as_logged", config, rows, [{"command": "c"}])
-    md = report.curve_comparisons(report.group_runs([run]))
-    assert "| 4,002 | 0.9379 | 0.9000 |" in md and "| 8,002 | 0.9483 | 0.9800 |" in md
+def _replay(passes, seed, offset):
+    """A replay of S3 with `passes` earlier passes whose nine evaluations sit `offset` above the log."""
+    config = row_mnist.get_config("tanh50_dense30_as_logged")
+    config.earlier_passes = passes
+    config.seed = seed
+    steps = range(config.eval_offset, config.num_train_steps + 1, 500)
+    rows = [{"step": s, "test_accuracy": v + offset} for s, v in zip(steps, row_mnist.S3_LOGGED, strict=True)]
+    return report.Run(f"p{passes}/{seed}", "row_mnist", "tanh50_dense30_as_logged", config.to_dict(), rows,
+                      [{"command": "c"}])  # fmt: skip
+
+
+def test_the_log_is_compared_with_each_replay_evaluation_by_evaluation():
+    runs = [_replay(1, 0, -0.02), _replay(1, 1, -0.01), _replay(2, 0, 0.004), _replay(2, 1, -0.002)]
+    md = report.logged_curve_table(report.group_runs(runs))
+    assert "| 1 | 0.9379 | 0.9229 (0.9179 to 0.9279) | 0.9389 (0.9359 to 0.9419) |" in md
+    assert "| mean absolute difference from the log | | 0.0150 | 0.0030 |" in md
+    assert "fits best the replay with 2 earlier passes" in md and "0.0150 with 1" in md
+    assert report.logged_curve_table(report.group_runs(runs[:1])).count("fits best") == 0  # one replay: no verdict
 
 
 def _budget_run(preset, seed, accuracy, **changes):

@@ -1,4 +1,5 @@
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -122,13 +123,31 @@ def test_a_diverged_run_stays_frozen_across_the_reset_after_an_evaluation(idx_di
     assert int(after.sums["nonfinite"]) == 4 and float(after.sums["count"]) == 0  # 1 + 3 refused steps
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
-    "every,last,want",
-    [(5, 12, [5, 10, 12]), (4, 12, [4, 8, 12]), (1, 3, [1, 2, 3]), (20, 12, [12])],
+    "every,last,offset,want",
+    [
+        (5, 12, 0, [5, 10, 12]),
+        (4, 12, 0, [4, 8, 12]),
+        (1, 3, 0, [1, 2, 3]),
+        (20, 12, 0, [12]),
+        (500, 1600, 1, [1, 501, 1001, 1501, 1600]),  # S3: after steps 1, 501, ... as Keras counted them
+        (500, 2000, 1001, [1001, 1501, 2000]),  # the replay: only from the offset on
+    ],
 )
-def test_should_run_every_n_and_the_last(every, last, want):
-    assert [s for s in range(1, last + 1) if metrics.should_run(s, every, last)] == want
+def test_should_run_every_n_and_the_last(every, last, offset, want):
+    assert [s for s in range(1, last + 1) if metrics.should_run(s, every, last, offset)] == want
+
+
+@pytest.mark.parametrize("every", [1, 3, 7, 500])
+@pytest.mark.parametrize("offset", [0, 1, 2, 9, 1001])
+def test_next_due_is_the_next_step_should_run_fires_at(every, offset):
+    """next_due lets the loop jump to the next evaluation; it must agree with a step-by-step scan."""
+    last = 10**6  # far away: only the every/offset rule decides
+    for step in list(range(0, 40)) + [offset - 1, offset, offset + every, 1234, 5000]:
+        if step < 0:
+            continue
+        want = next(s for s in range(step + 1, last) if metrics.should_run(s, every, last, offset))
+        assert metrics.next_due(step, every, offset) == want, (step, every, offset)
 
 
 @pytest.mark.slow
@@ -213,6 +232,8 @@ def test_divergence_raises_and_saves_the_last_good_state(idx_dir, tmp_path):
         loop.train_and_evaluate(c, tmp_path)
     saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
     assert len(saved) == 1 and f"after step {saved[0]} is saved" in str(e.value)
+    (session,) = json.loads((tmp_path / "run.json").read_text())["sessions"]  # the page marks it diverged
+    assert session["outcome"] == f"diverged at step {saved[0] + 1}" and session["end_step"] == saved[0]
 
 
 @pytest.mark.slow

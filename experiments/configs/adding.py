@@ -18,7 +18,18 @@ which published them: Adam (Keras constants), batch 32, gradient clipping
 the LSTM failing at 400. The paper itself (recalled: batch 16, SGD with
 clipping) reports the IRNN matching the LSTM and the tanh RNN failing at the
 longer lengths.
-    python -m experiments.adding --config=experiments/configs/adding.py:irnn_150 --config.num_train_steps=20000
+
+irnn_150, irnn_200, irnn_300, irnn_400
+    The IRNN (recurrent kernel = identity) on the adding problem at the paper's four lengths.
+        python -m experiments.adding --config=experiments/configs/adding.py:irnn_150
+
+lstm_150, lstm_200, lstm_300, lstm_400
+    The Keras LSTM (forget-gate bias 1) at the same lengths and recipe.
+        python -m experiments.adding --config=experiments/configs/adding.py:lstm_150
+
+rnn_tanh_150, rnn_tanh_200, rnn_tanh_300, rnn_tanh_400
+    The tanh RNN with Keras' default initialisation at the same lengths and recipe.
+        python -m experiments.adding --config=experiments/configs/adding.py:rnn_tanh_150
 """
 
 from experiments.configs.base import base_config

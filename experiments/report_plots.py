@@ -1,0 +1,106 @@
+"""The results page's figures: one PNG per section, four panels, epochs on a linear axis.
+
+Panels: accuracy (test solid, train dotted; the adding problem: test MSE), test loss, training loss
+and the mean gradient norm before clipping. Each configuration is its mean over seeds with a
+min-to-max band; permuted order is dashed and shares its colour with the natural-order twin. The
+sources' figures are horizontal lines, each labelled; a diverged run ends in a cross.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from experiments import report_runs
+from irnn_jax import adding as adding_task
+
+# (row key, panel title, log scale)
+PANELS = (
+    ("test_loss", "test loss", True),
+    ("train_loss", "training loss (since the previous evaluation)", True),
+    ("grad_norm", "gradient norm before clipping (mean)", True),
+)
+
+
+def _series(group: report_runs.Group, key: str):
+    """(epochs, values (R, S)) over the evaluations every run of the group has; None if none has `key`."""
+    have = [{r["step"] for r in run.rows if r.get(key) is not None} for run in group.runs]
+    steps = sorted(set.intersection(*have))
+    if not steps:
+        return None
+    by_step = [{r["step"]: r for r in run.rows} for run in group.runs]
+    epochs = np.asarray([by_step[0][s]["epoch"] for s in steps])
+    return epochs, np.asarray([[rows[s][key] for s in steps] for rows in by_step], np.float64)
+
+
+def _draw(ax, group, key, colour, style, label=None, band=True):
+    series = _series(group, key)
+    if series is None:
+        return
+    epochs, values = series
+    ax.plot(epochs, values.mean(0), style, color=colour, label=label, marker="." if len(epochs) < 40 else None)
+    if band and len(group.runs) > 1:
+        ax.fill_between(epochs, values.min(0), values.max(0), color=colour, alpha=0.18)
+    for run, row in zip(group.runs, values, strict=True):
+        if run.diverged:
+            ax.plot(epochs[-1], row[-1], "x", color="black", markersize=9, markeredgewidth=2)
+
+
+def _targets(groups) -> dict[float, str]:
+    """The sources' figures of the section's presets: value -> label."""
+    out = {}
+    for g in groups:
+        rep = g.module.REPORTED.get(g.first.preset, {})
+        if rep.get("value") is not None and g.metric != "test_loss":
+            out.setdefault(rep["value"], rep["text"])
+    return out
+
+
+def plot(groups: list, title: str, path: Path) -> None:
+    """Writes the section's figure to `path`."""
+    import matplotlib  # optional heavy dependency, only for the plots
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    main_ax = axes[0, 0]
+    colours: dict[str, str] = {}
+    regression = groups[0].metric == "test_loss"
+    for g in groups:
+        colour = colours.setdefault(g.label.replace("_permuted", ""), f"C{len(colours) % 10}")
+        style = "--" if g.first.config.get("task") == "permuted" else "-"
+        seeds = f"{len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}"
+        diverged = f", {g.diverged()} diverged" if g.diverged() else ""
+        label = f"{g.label} ({seeds}{diverged})"
+        if regression:
+            _draw(main_ax, g, "test_loss", colour, style, label)
+        else:
+            _draw(main_ax, g, "test_accuracy", colour, style, label)
+            _draw(main_ax, g, "train_accuracy", colour, ":", band=False)
+        for ax, (key, _, _) in zip(axes.flat[1:], PANELS, strict=True):
+            _draw(ax, g, key, colour, style)
+    if regression:
+        main_ax.axhline(adding_task.BASELINE_MSE, color="grey", linestyle="--", label="always predict 1 (0.167)")
+        main_ax.set_yscale("log")
+        main_ax.set_title("test MSE", fontsize=9)
+    else:
+        for k, (value, text) in enumerate(sorted(_targets(groups).items())):
+            main_ax.axhline(value, color="grey", linestyle=(0, (4, 2 + k)), linewidth=1)
+            main_ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6,
+                             color="dimgrey", va="bottom")  # fmt: skip
+        main_ax.set_title("accuracy: test solid, training dotted; grey lines: the sources' figures", fontsize=9)
+    for ax, (_, name, log) in zip(axes.flat[1:], PANELS, strict=True):
+        ax.set_title(name, fontsize=9)
+        if log:
+            ax.set_yscale("log")
+    for ax in axes.flat:
+        ax.set_xlabel("epochs (passes over the training set)")
+        ax.grid(True, alpha=0.3)
+    main_ax.legend(fontsize=6, loc="best")
+    fig.suptitle(
+        f"{title}\nmean over seeds, band: min to max over seeds; dashed: permuted order; x: a run that diverged",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

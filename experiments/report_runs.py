@@ -1,0 +1,256 @@
+"""The runs behind the results page: read from workdirs and sweep folders, grouped over seeds.
+
+`experiments.report` lays them out; `experiments.report_plots` draws them. A RUN_DIR is a workdir of
+one of the experiments (or a `--mirror` of one): run.json and metrics.jsonl, or a sweep's run.json
+and runs/NNN_*/metrics.jsonl (each sweep member counts as a run of its own).
+"""
+
+import dataclasses
+import json
+import math
+import shlex
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+
+from experiments.configs import adding, pixel_mnist, row_mnist
+from irnn_jax import checkpoint, metrics, sweep, train
+from irnn_jax import workdir as workdir_lib
+
+EXPERIMENTS = {"pixel_mnist": pixel_mnist, "row_mnist": row_mnist, "adding": adding}
+SOURCE_IDS = {"keras": "S0", "keras_900": "S0", "keras_default_init": "S1", "keras_relu16": "S2"}
+SOURCE_IDS.update({"tanh50_dense30": "S3", "tanh50": "S4", "tanh50_dense30_as_logged": "S3"})
+# Config fields that say nothing about what was trained: left out of a configuration's identity.
+_BOOKKEEPING = checkpoint.RESUMABLE_FIELDS - {"num_epochs", "num_train_steps", "recurrence"} | {"name", "sweep"}
+
+
+@dataclasses.dataclass
+class Run:
+    """One trained model: its config, metric rows and the run record of the workdir it lives in."""
+
+    name: str  # the folder under runs/ (and the sweep member, if one)
+    experiment: str
+    preset: str
+    config: dict
+    rows: list[dict]
+    sessions: list[dict]
+
+    @property
+    def diverged(self) -> bool:
+        """Its loss became non-finite: a frozen sweep member, or a session that ended so."""
+        return any(r.get("diverged") for r in self.rows) or any(
+            str(s.get("outcome", "")).startswith("diverged") for s in self.sessions
+        )
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return np.asarray([r["epoch"] for r in self.rows], np.float64)
+
+
+def load_runs(workdir: Path) -> list[Run]:
+    """The runs of one workdir (one, or a sweep's members); ValueError naming what is missing."""
+    info_path = workdir / workdir_lib.RUN_JSON
+    if not info_path.exists():
+        raise ValueError(f"{workdir} has no run.json: not a workdir of experiments.* (or written before it)")
+    info = json.loads(info_path.read_text())
+    config = ml_collections.ConfigDict(info["config"])
+    members = sweep.expand(config) if config.sweep else [("", config)]
+    runs = []
+    for member, member_config in members:
+        rows = metrics.read_rows((workdir / "runs" / member if member else workdir) / "metrics.jsonl")
+        if rows:
+            name = f"{workdir.name}/{member}" if member else workdir.name
+            runs.append(Run(name, info["experiment"], info["preset"], member_config.to_dict(), rows, info["sessions"]))
+    if not runs:
+        raise ValueError(f"{workdir} has no evaluations in metrics.jsonl yet")
+    return runs
+
+
+def overrides(run: Run) -> dict:
+    """What the run changed from its preset, bookkeeping and the seed aside."""
+    preset = EXPERIMENTS[run.experiment].get_config(run.preset).to_dict()
+    skip = _BOOKKEEPING | {"seed"}
+    return {k: v for k, v in run.config.items() if k not in skip and checkpoint.as_json(preset.get(k)) != v}
+
+
+def planned_steps(run: Run) -> int:
+    """The length the run asked for: its own num_epochs and batch size, with the preset's step cap
+    (a run cut short by --config.num_train_steps is set against the preset's length), on the
+    preset's data (MNIST: 60,000 images)."""
+    preset = EXPERIMENTS[run.experiment].get_config(run.preset)
+    asked = ml_collections.ConfigDict(run.config)
+    asked.num_train_steps = preset.num_train_steps
+    return train.total_steps(asked, preset.get("num_train_examples", 60_000))
+
+
+@dataclasses.dataclass
+class Group:
+    """Runs of one configuration that differ only in their seed."""
+
+    runs: list[Run]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def module(self):
+        return EXPERIMENTS[self.first.experiment]
+
+    @property
+    def metric(self) -> str:
+        return self.module.METRIC
+
+    @property
+    def label(self) -> str:
+        sid = SOURCE_IDS.get(self.first.preset)
+        name = f"{self.first.preset} ({sid})" if sid else self.first.preset
+        changed = overrides(self.first)
+        changed.pop("dataset", None)
+        changed.pop("num_train_steps", None)
+        if not changed:
+            return name
+        text = ", ".join(f"{k}={short(v)}" for k, v in sorted(changed.items()))
+        return f"{name} + {text}"
+
+    def finals(self) -> np.ndarray:
+        return np.asarray([r.rows[-1][self.metric] for r in self.runs], np.float64)
+
+    def ours(self) -> str:
+        v = self.finals()
+        fmt = "{:.4f}"
+        if self.metric == "test_loss":
+            fmt = "MSE {:.4f}"
+        diverged = f", {self.diverged()} diverged" if self.diverged() else ""
+        if len(v) == 1:
+            return fmt.format(v[0]) + f" (1 seed{diverged})"
+        return f"{fmt.format(v.mean())} ± {v.std(ddof=1):.4f} ({v.min():.4f} to {v.max():.4f}){diverged}"
+
+    def steps(self) -> str:
+        done = min(r.rows[-1]["step"] for r in self.runs)
+        planned = planned_steps(self.first)
+        return f"{done:,}" + ("" if done >= planned else f" of {planned:,}")
+
+    def wall(self) -> str:
+        seconds = [r.rows[-1].get("elapsed_seconds", math.nan) for r in self.runs]
+        note = " (sweep: all seeds together)" if "/" in self.first.name else ""
+        return fmt_time(float(np.nanmax(seconds))) + note
+
+    def commits(self) -> str:
+        shas = []
+        for run in self.runs:
+            for s in run.sessions:
+                sha = s.get("git_commit")
+                tag = (sha[:8] + ("+changes" if s.get("git_dirty") else "")) if sha else "not recorded"
+                if tag not in shas:
+                    shas.append(tag)
+        return ", ".join(shas)
+
+    def commands(self) -> list[str]:
+        """The first session's command of each run, portable (see `portable_command`)."""
+        out = []
+        for run in self.runs:
+            command = portable_command(run.sessions[0]["command"], run.config.get("dataset"))
+            if command not in out:
+                out.append(command)
+        return out
+
+    def data(self) -> str:
+        """The data the runs read: the start of each distinct train/test SHA-256 (data.fingerprint)."""
+        prints = []
+        for run in self.runs:
+            for s in run.sessions:
+                d = s.get("data")
+                tag = f"{d['train_sha256'][:8]}/{d['test_sha256'][:8]}" if d else "not recorded"
+                if tag not in prints:
+                    prints.append(tag)
+        return ", ".join(prints)
+
+    def sessions(self) -> str:
+        """How many sessions and machines the runs took ("3 sessions, 2 machines")."""
+        counts = {len(r.sessions) for r in self.runs}
+        machines = {(s.get("hardware"), s.get("machine")) for r in self.runs for s in r.sessions}
+        n = "/".join(str(c) for c in sorted(counts))
+        return f"{n} session{'s' if counts != {1} else ''}, {len(machines)} machine{'s' if len(machines) > 1 else ''}"
+
+    def diverged(self) -> int:
+        return sum(r.diverged for r in self.runs)
+
+    def curve(self):
+        """Steps every run evaluated at, and the runs' values there: (steps, values (R, S))."""
+        common = sorted(set.intersection(*(set(r["step"] for r in run.rows) for run in self.runs)))
+        values = np.asarray([[{r["step"]: r[self.metric] for r in run.rows}[s] for s in common] for run in self.runs])
+        return np.asarray(common), values
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Runs with the same config but for the seed, in order of first appearance."""
+    groups: dict[str, Group] = {}
+    for run in runs:
+        key = json.dumps(
+            [run.experiment, run.preset, {k: v for k, v in run.config.items() if k not in _BOOKKEEPING | {"seed"}}],
+            sort_keys=True,
+            default=list,
+        )
+        groups.setdefault(key, Group([])).runs.append(run)
+    return list(groups.values())
+
+
+def section_of(group: Group) -> str:
+    if group.first.name.startswith("search_"):
+        return "search"
+    if (
+        group.first.experiment == "pixel_mnist"
+        and group.first.config["dataset"] == "mnist"
+        and pixel_mnist.cell_and_task(group.first.preset, "budget")
+    ):
+        return "budget"
+    if group.first.experiment == "adding":
+        return "adding"
+    dataset = group.first.config["dataset"]
+    return f"{group.first.experiment}_{'mnist' if dataset == 'mnist' else dataset}"
+
+
+def short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return "(" + ",".join(short(x) for x in v) + ")"
+    return str(v)
+
+
+def fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def reported(group: Group) -> str:
+    return group.module.REPORTED.get(group.first.preset, {}).get("text", "")
+
+
+_PATH_FLAGS = {"--workdir", "--mirror"}
+
+
+def portable_command(command: str, dataset: str | None = None) -> str:
+    """A recorded command as a reader can paste it: `--workdir` and `--mirror` relative (runs/NAME,
+    docs/results/runs/NAME), and `--config.data_dir` dropped for MNIST (the package ships the same
+    digits; the run's data fingerprint shows it) or written DIR for other datasets. run.json keeps
+    the command exactly as it ran."""
+    out = []
+    for arg in shlex.split(command):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in _PATH_FLAGS and Path(value).is_absolute():
+            name = Path(value).name
+            arg = f"{flag}=docs/results/runs/{name}" if flag == "--mirror" else f"{flag}=runs/{name}"
+        elif eq and flag == "--config.data_dir":
+            if dataset == "mnist":
+                continue
+            arg = f"{flag}=DIR"
+        out.append(arg)
+    return shlex.join(out)
