@@ -194,9 +194,10 @@ def train_and_evaluate(
         parallel.barrier("mirror pulled")
         s = setup(config)
         return _train(s, workdir, main, experiment, command, allow_data_change, mirror if main else None)
-    except jax.errors.JaxRuntimeError:
-        # In a multi-process run a collective fails when another process dies: exit with
-        # peers.EXIT_PEER_LOST (requeue) rather than crash, if that is what happened.
+    except Exception:
+        # In a multi-process run a collective fails (JaxRuntimeError, or gloo's ValueError) when another
+        # process dies: exit with peers.EXIT_PEER_LOST (requeue) rather than crash, if that is what
+        # happened; otherwise the error is this process's own, and its peers are told so.
         peers.exit_if_a_peer_is_lost()
         raise
     finally:

@@ -13,6 +13,10 @@ EXIT_PEER_LOST (75, EX_TEMPFAIL: "try again"), without a core dump.
 `experiments/cluster/pixel_mnist.sbatch` requeues on 75; the restart resumes from the last complete
 checkpoint (an interrupted save is discarded by Orbax), bit for bit.
 
+A process that stops with an error publishes that too: its peers then stop at once with exit status 1
+(the job failed; requeueing would fail again) instead of waiting for it. A process that ends normally
+publishes that it is done, and its peers stop expecting heartbeats from it.
+
 Settings, from the environment (read when the job joins, `parallel.maybe_initialize_distributed`):
 IRNN_JAX_PEER_TIMEOUT (seconds of silence before a process counts as lost, default 20) and
 IRNN_JAX_PEER_INTERVAL (seconds between heartbeats, default 2). JAX's own heartbeat timeout is set
@@ -32,6 +36,7 @@ DEFAULT_TIMEOUT_S = 20.0
 DEFAULT_INTERVAL_S = 2.0
 _KEY = "irnn_jax/alive/{}"
 _DONE = "done"  # published by a process that ends normally: its silence after that is no loss
+_FAILED = "failed"  # published by a process that stops with an error: its peers stop too, with exit status 1
 
 
 def settings() -> tuple[float, float]:
@@ -52,18 +57,27 @@ def jax_heartbeat_timeout(timeout_s: float) -> int:
 
 class PeerWatchdog:
     """Heartbeats through `client` (a jax DistributedRuntimeClient, or anything with key_value_set and
-    key_value_try_get) and calls `on_lost(message)` once when a peer or the coordinator goes silent.
+    key_value_try_get) and calls `on_lost(message, exit_status)` once when a peer or the coordinator
+    goes silent (EXIT_PEER_LOST), or a peer reports that it failed (1).
 
     Two daemon threads: one talks to the store (its calls may block when the coordinator is gone),
-    the other only reads the clock, so a blocked call cannot hide the silence."""
+    the other only reads the clock, so a blocked call cannot hide the silence. Both go on after this
+    process has published its end (`done`, `failed`): JAX's shutdown at exit waits for every peer, and
+    a peer lost then must still be noticed."""
 
-    def __init__(self, client, process_id: int, num_processes: int, timeout_s: float, interval_s: float, on_lost=None):
+    def __init__(
+        self, client, process_id: int, num_processes: int, timeout_s: float, interval_s: float, on_lost=None,
+        clock=time.monotonic,
+    ):  # fmt: skip
         self.client, self.process_id, self.num_processes = client, process_id, num_processes
         self.timeout_s, self.interval_s = timeout_s, interval_s
         self.on_lost = on_lost or exit_peer_lost
-        now = time.monotonic()
+        self.clock = clock
+        now = clock()
         self._seen = {p: (None, now) for p in range(num_processes) if p != process_id}  # peer -> (value, when)
         self._store_ok = now  # the last time the store answered
+        self._final: str | None = None  # published instead of the count once this process ends
+        self._count = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -78,55 +92,74 @@ class PeerWatchdog:
         self._stop.set()
 
     def done(self) -> None:
-        """Tells the peers that this process ends normally (at exit), and stops watching."""
-        self._stop.set()
+        """Tells the peers that this process ends normally: its silence from now on is no loss."""
+        self._publish_end(_DONE)
+
+    def failed(self) -> None:
+        """Tells the peers that this process stops with an error: they stop too (exit status 1)."""
+        self._publish_end(_FAILED)
+
+    def _publish_end(self, state: str) -> None:
+        if self._final is None:
+            self._final = state
+            try:
+                self.client.key_value_set(_KEY.format(self.process_id), state, allow_overwrite=True)
+            except Exception:  # noqa: BLE001 - the beat thread tries again
+                pass
+
+    def beat(self) -> None:
+        """One heartbeat: publishes this process's count (or its end) and reads the peers'."""
+        self._count += 1
         try:
-            self.client.key_value_set(_KEY.format(self.process_id), _DONE, allow_overwrite=True)
-        except Exception:  # noqa: BLE001 - the job is ending anyway
+            self.client.key_value_set(
+                _KEY.format(self.process_id), self._final or str(self._count), allow_overwrite=True
+            )
+            now = self.clock()
+            for peer, (value, _) in list(self._seen.items()):
+                try:
+                    current = self.client.key_value_try_get(_KEY.format(peer))
+                except Exception:  # noqa: BLE001 - not published yet
+                    current = value
+                if current != value:
+                    self._seen[peer] = (current, now)
+            self._store_ok = now
+        except Exception:  # noqa: BLE001 - the store is unreachable: the judge decides when it is too long
             pass
 
     def _beat(self) -> None:
-        count = 0
         while not self._stop.is_set():
-            count += 1
-            try:
-                self.client.key_value_set(_KEY.format(self.process_id), str(count), allow_overwrite=True)
-                now = time.monotonic()
-                for peer, (value, _) in list(self._seen.items()):
-                    try:
-                        current = self.client.key_value_try_get(_KEY.format(peer))
-                    except Exception:  # noqa: BLE001 - not published yet
-                        current = value
-                    if current != value:
-                        self._seen[peer] = (current, now)
-                self._store_ok = now
-            except Exception:  # noqa: BLE001 - the store is unreachable: the judge decides when it is too long
-                pass
+            self.beat()
             self._stop.wait(self.interval_s)
 
-    def lost(self, now: float | None = None) -> str | None:
-        """The message for the first silent peer (or an unreachable coordinator), else None."""
-        now = time.monotonic() if now is None else now
-        if any(value == _DONE for value, _ in self._seen.values()):
-            return None  # a peer ended normally: the job is finishing, silence is expected
-        if now - self._store_ok > self.timeout_s:
+    def lost(self, now: float | None = None) -> tuple[str, int] | None:
+        """(message, exit status) for the first failed or silent peer (or an unreachable coordinator), else
+        None. Peers that ended normally are not expected to beat; nor is the store once process 0 ended."""
+        now = self.clock() if now is None else now
+        who = f"process {self.process_id} of {self.num_processes}"
+        for peer, (value, _) in sorted(self._seen.items()):
+            if value == _FAILED:
+                return f"{who}: process {peer} stopped with an error (its log says why)", 1
+        coordinator_done = self._seen.get(0, (None, 0))[0] == _DONE
+        if not coordinator_done and now - self._store_ok > self.timeout_s:
             return (
-                f"process {self.process_id} of {self.num_processes}: the coordinator (process 0) has not answered "
-                f"for {now - self._store_ok:.0f} s; it is lost (killed, crashed or cut off)"
+                f"{who}: the coordinator (process 0) has not answered for {now - self._store_ok:.0f} s; "
+                f"it is lost (killed, crashed or cut off)",
+                EXIT_PEER_LOST,
             )
-        for peer, (_, when) in sorted(self._seen.items()):
-            if now - when > self.timeout_s:
+        for peer, (value, when) in sorted(self._seen.items()):
+            if value != _DONE and now - when > self.timeout_s:
                 return (
-                    f"process {self.process_id} of {self.num_processes}: process {peer} has sent no heartbeat for "
-                    f"{now - when:.0f} s; it is lost (killed, crashed or cut off)"
+                    f"{who}: process {peer} has sent no heartbeat for {now - when:.0f} s; "
+                    f"it is lost (killed, crashed or cut off)",
+                    EXIT_PEER_LOST,
                 )
         return None
 
     def _judge(self) -> None:
         while not self._stop.wait(self.interval_s / 2):
-            message = self.lost()
-            if message is not None:
-                self.on_lost(message)
+            verdict = self.lost()
+            if verdict is not None:
+                self.on_lost(*verdict)
                 return
 
 
@@ -141,30 +174,40 @@ def start(client, process_id: int, num_processes: int, timeout_s: float, interva
 
 
 def exit_if_a_peer_is_lost() -> None:
-    """After a collective failed: waits for the watchdog's verdict (at most its timeout and two
-    heartbeats) and, when a peer or the coordinator is lost, ends the process with EXIT_PEER_LOST.
-    Returns at once in a single process, and when every peer is alive (the error is another one)."""
+    """After an error in a multi-process run: waits for the watchdog's verdict (at most its timeout and
+    two heartbeats) and, when a peer or the coordinator is lost, ends the process with EXIT_PEER_LOST
+    (or 1 when a peer failed first). Otherwise the error is this process's own: it tells the peers
+    that it failed, and returns for the caller to raise it. Returns at once in a single process."""
     watchdog = _running
     if watchdog is None:
         return
     deadline = time.monotonic() + watchdog.timeout_s + 2 * watchdog.interval_s
     while time.monotonic() < deadline:
-        message = watchdog.lost()
-        if message is not None:
-            watchdog.on_lost(message)
+        verdict = watchdog.lost()
+        if verdict is not None:
+            watchdog.on_lost(*verdict)
             return
         time.sleep(watchdog.interval_s / 2)
+    watchdog.failed()
 
 
-def exit_peer_lost(message: str) -> None:
-    """Prints one line and ends the process at once with EXIT_PEER_LOST (no cleanup, no core dump: the
-    other threads may be blocked in a collective that will never finish)."""
-    sys.stderr.write(
-        f"error: {message}. Stopping with exit status {EXIT_PEER_LOST} (requeue); the restart resumes from "
-        f"the last complete checkpoint.\n"
+def finished() -> None:
+    """Tells the peers that this process ended normally (called at exit)."""
+    if _running is not None:
+        _running.done()
+
+
+def exit_peer_lost(message: str, status: int = EXIT_PEER_LOST) -> None:
+    """Prints one line and ends the process at once with `status` (no cleanup, no core dump: the other
+    threads may be blocked in a collective that will never finish)."""
+    then = (
+        "(requeue); the restart resumes from the last complete checkpoint"
+        if status == EXIT_PEER_LOST
+        else "(the job failed)"
     )
+    sys.stderr.write(f"error: {message}. Stopping with exit status {status} {then}.\n")
     sys.stderr.flush()
-    os._exit(EXIT_PEER_LOST)
+    os._exit(status)
 
 
 # ------------------------------------------------------------------------------ supervisor

@@ -125,3 +125,17 @@ def test_failed_training_exits_nonzero_and_is_not_requeued(cluster):
     assert "batch_size" in out  # the training's own error reaches the log
     assert "not requeued" in out
     assert calls() == []
+
+
+def test_a_training_that_lost_a_peer_exits_75_and_is_requeued(cluster, tmp_path):
+    """Exit status 75 is what a process of a multi-node job returns when another one died
+    (irnn_jax/peers.py): the script requeues, and the restart resumes from the last checkpoint."""
+    env, calls, workdir = cluster
+    lost = tmp_path / "lost_a_peer"
+    lost.write_text("#!/bin/bash\necho 'error: process 1 has sent no heartbeat for 20 s' >&2\nexit 75\n")
+    lost.chmod(0o755)
+    job = _start(env, PYTHON=str(lost))
+    out, _ = job.communicate(timeout=60)
+    assert job.returncode == 0, out
+    assert "(exit 75); requeueing" in out
+    assert calls() == [f"scontrol requeue {JOB_ID}"]

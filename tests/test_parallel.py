@@ -106,19 +106,26 @@ def test_checkpoint_restores_on_another_device_count(idx_dir, tmp_path, first, s
     _assert_close(straight, resumed)  # device counts differ: float32 tolerance
 
 
-def _two_processes(cmd: list[str]) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
-    """Runs `cmd` as processes 0 and 1 of a jax.distributed job on localhost; waits for both."""
+def _start_two(cmd: list[str]) -> list[subprocess.Popen]:
+    """Starts `cmd` as processes 0 and 1 of a jax.distributed job on localhost, each in a session of
+    its own (so that killing one kills all of it, as a dead host would)."""
     import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    procs = [
-        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(
+    return [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, env=dict(
             os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)))
         for i in range(2)
     ]  # fmt: skip
+
+
+def _two_processes(cmd: list[str]) -> tuple[list[subprocess.Popen], list[tuple[str, str]]]:
+    """Runs `cmd` as processes 0 and 1 of a jax.distributed job on localhost; waits for both."""
+    procs = _start_two(cmd)
     return procs, [p.communicate(timeout=300) for p in procs]
 
 
@@ -154,3 +161,76 @@ def test_two_processes_from_the_command_line(idx_dir, tmp_path):
         assert "done: step 4" in out
         assert "4 device(s), 2 process(es)" in err
     assert [r["step"] for r in metrics.read_rows(tmp_path / "metrics.jsonl")] == [2, 4]  # written once
+
+
+# ----------------------------------------------------------------------------- a dead host
+
+DEAD_HOST_STEPS = 300
+
+
+def _dead_host_cmd(workdir: Path, idx_dir) -> list[str]:
+    return [
+        sys.executable, "-m", "experiments.pixel_mnist", f"--workdir={workdir}", f"--config.data_dir={idx_dir}",
+        "--cpu_devices=1", "--config.hidden_size=4", "--config.batch_size=4", "--config.eval_batch_size=20",
+        f"--config.num_train_steps={DEAD_HOST_STEPS}", "--config.eval_every_steps=20",
+        "--config.checkpoint_every_steps=20", "--config.steps_per_call=2", "--config.progress_bar=False",
+    ]  # fmt: skip
+
+
+def _rows_without_timing(workdir: Path) -> list[dict]:
+    timing = ("steps_per_second", "elapsed_seconds")
+    return [{k: v for k, v in r.items() if k not in timing} for r in metrics.read_rows(workdir / "metrics.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_two_process_rows(idx_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("uninterrupted")
+    procs, outs = _two_processes(_dead_host_cmd(work, idx_dir))
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    rows = _rows_without_timing(work)
+    assert [r["step"] for r in rows] == list(range(20, DEAD_HOST_STEPS + 1, 20))
+    return rows
+
+
+@pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
+def test_a_dead_process_stops_the_other_with_exit_75_and_the_restart_resumes_bit_for_bit(
+    idx_dir, tmp_path, victim, uninterrupted_two_process_rows
+):
+    """One of two processes is SIGKILLed (with everything it started, as when its host dies) once a
+    checkpoint is complete. The survivor stops within 30 s (default timeouts), with exit status 75
+    (what the sbatch script requeues), one line that names the lost process, and no stack trace. The
+    same command then resumes from the last complete checkpoint and ends with the uninterrupted
+    run's metric rows, bit for bit."""
+    import signal
+    import time
+
+    work = tmp_path / "run"
+    procs = _start_two(_dead_host_cmd(work, idx_dir))
+    deadline = time.monotonic() + 240
+    while not any(p.name.isdigit() for p in (work / "checkpoints").glob("*")):
+        assert all(p.poll() is None for p in procs), [p.communicate()[1][-3000:] for p in procs]
+        assert time.monotonic() < deadline, "no complete checkpoint after 240 s"
+        time.sleep(0.02)
+    assert all(p.poll() is None for p in procs), "the run ended before the kill: lengthen it"
+    os.killpg(procs[victim].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    survivor = procs[1 - victim]
+    _, err = survivor.communicate(timeout=120)
+    took = time.monotonic() - killed_at
+    procs[victim].communicate()
+
+    assert survivor.returncode == 75, err[-3000:]
+    assert took < 30, f"the survivor took {took:.0f} s to stop"
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert ("process 1" if victim == 1 else "process 0") in errors[0]
+    assert "exit status 75" in errors[0]
+    for sign_of_a_crash in ("Traceback", "Fatal Python error", "*** ", "Aborted", "core dumped"):
+        assert sign_of_a_crash not in err, err[-3000:]
+
+    procs, outs = _two_processes(_dead_host_cmd(work, idx_dir))
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "resumed from step" in outs[0][1]
+    assert _rows_without_timing(work) == uninterrupted_two_process_rows
