@@ -242,7 +242,7 @@ def preset_entries(module) -> list[tuple[str, str]]:
                     break
                 text.append(follow.strip())
             description = " ".join(text)
-            first = re.split(r"(?<=[.;])\s", description, maxsplit=1)[0]
+            first = re.split(r"(?<=\.)\s", description, maxsplit=1)[0]
             entries.append((line.strip(), first))
     return entries
 
@@ -272,7 +272,8 @@ def fields_table() -> str:
         m = re.match(r"\s*c\.(\w+) = (.*?)(?:\s+#\s*(.*))?$", line)
         if m and m.group(1) != "name":
             name, _, comment = m.groups()
-            lines.append(f"| `{name}` | `{short(keras[name])}` | {(comment or '').replace('|', '/')} |")
+            default = f"`{short(keras[name])}`" if keras[name] != "" else '`""`'
+            lines.append(f"| `{name}` | {default} | {(comment or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -292,7 +293,16 @@ def rewrite_blocks(text: str, blocks: dict[str, str]) -> str:
 
 
 def _run_dirs() -> list[Path]:
-    return sorted(p for p in RUNS_DIR.iterdir() if p.is_dir())
+    """The committed runs; one that has no evaluation yet (a run just started) is left out, with a note."""
+    dirs = []
+    for p in sorted(p for p in RUNS_DIR.iterdir() if p.is_dir()):
+        try:
+            load_runs(p)
+        except ValueError as e:
+            print(f"note: left out {p.name}: {e}", file=sys.stderr)
+            continue
+        dirs.append(p)
+    return dirs
 
 
 def main(argv):

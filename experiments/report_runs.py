@@ -119,13 +119,12 @@ class Group:
 
     def ours(self) -> str:
         v = self.finals()
-        fmt = "{:.4f}"
-        if self.metric == "test_loss":
-            fmt = "MSE {:.4f}"
+        num = "{:.4f}".format if self.metric != "test_loss" else "{:.2g}".format  # MSEs span decades
+        prefix = "MSE " if self.metric == "test_loss" else ""
         diverged = f", {self.diverged()} diverged" if self.diverged() else ""
         if len(v) == 1:
-            return fmt.format(v[0]) + f" (1 seed{diverged})"
-        return f"{fmt.format(v.mean())} ± {v.std(ddof=1):.4f} ({v.min():.4f} to {v.max():.4f}){diverged}"
+            return f"{prefix}{num(v[0])} (1 seed{diverged})"
+        return f"{prefix}{num(v.mean())} ± {num(v.std(ddof=1))} ({num(v.min())} to {num(v.max())}){diverged}"
 
     def steps(self) -> str:
         done = min(r.rows[-1]["step"] for r in self.runs)
@@ -238,13 +237,14 @@ _PATH_FLAGS = {"--workdir", "--mirror"}
 
 
 def portable_command(command: str, dataset: str | None = None) -> str:
-    """A recorded command as a reader can paste it: `--workdir` and `--mirror` relative (runs/NAME,
-    docs/results/runs/NAME), and `--config.data_dir` dropped for MNIST (the package ships the same
+    """A recorded command as a reader can paste it: `--workdir` relative (runs/NAME), no `--mirror`, and `--config.data_dir` dropped for MNIST (the package ships the same
     digits; the run's data fingerprint shows it) or written DIR for other datasets. run.json keeps
     the command exactly as it ran."""
     out = []
     for arg in shlex.split(command):
         flag, eq, value = arg.partition("=")
+        if eq and flag == "--mirror":
+            continue  # where this project kept its copy (docs/results/runs/): not for a reader's run
         if eq and flag in _PATH_FLAGS and Path(value).is_absolute():
             name = Path(value).name
             arg = f"{flag}=docs/results/runs/{name}" if flag == "--mirror" else f"{flag}=runs/{name}"

@@ -181,6 +181,15 @@ def embedded_dir(name: str) -> Path | None:
     return folder if (folder / SUMS_FILE).is_file() else None
 
 
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks (OSError when it cannot be read)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def verify_embedded(folder: Path) -> None:
     """Checks every file that FOLDER/SHA256SUMS lists; DataError naming the first that differs."""
     for number, line in enumerate((folder / SUMS_FILE).read_text().splitlines(), 1):
@@ -189,7 +198,7 @@ def verify_embedded(folder: Path) -> None:
         expected, _, file_name = line.partition("  ")
         path = folder / file_name
         try:
-            actual = hashlib.sha256(path.read_bytes()).hexdigest()
+            actual = file_sha256(path)
         except OSError as e:
             raise DataError(
                 f"the embedded copy's file {path} cannot be read ({e.strerror}); reinstall irnn-jax "

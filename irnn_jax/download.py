@@ -22,7 +22,7 @@ from pathlib import Path
 
 from absl import logging
 
-from irnn_jax.data import DataError
+from irnn_jax.data import DataError, file_sha256
 
 # Relative to the tensorflow_datasets package folder; one `URL\tSIZE\tSHA256\tFILENAME` per line.
 CHECKSUM_FILES = {"mnist": "url_checksums/mnist.txt", "fashion_mnist": "url_checksums/fashion_mnist.txt"}
@@ -84,14 +84,6 @@ def default_cache_dir(dataset: str) -> Path:
         return Path(os.environ["IRNN_JAX_DATA"]).expanduser() / dataset
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache).expanduser() / "irnn_jax" / dataset
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _probe(url: str, timeout: float, dataset: str, cache_dir: Path) -> None:
@@ -157,7 +149,7 @@ def fetch_idx(
     for name, spec in files.items():
         path = cache_dir / name
         if path.is_file():
-            if path.stat().st_size == spec.size and _sha256(path) == spec.sha256:
+            if path.stat().st_size == spec.size and file_sha256(path) == spec.sha256:
                 continue
             logging.warning("%s does not match its published size/sha256; downloading it again", path)
         missing.append(name)

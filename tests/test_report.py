@@ -119,3 +119,49 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="no run.json"):
         report.load_runs(tmp_path)
+
+
+def test_the_readmes_generated_blocks_are_current():
+    """The README's preset table, fields table and results block are what `python -m experiments.report`
+    writes from the presets, base.py and the committed run logs: rerun it after changing any of them."""
+    from pathlib import Path
+
+    readme = (Path(report.ROOT) / "README.md").read_text()
+    assert readme.count("<!-- generated:") == 3
+    assert report.rewrite_blocks(readme, report.readme_blocks()) == readme, "run: python -m experiments.report"
+
+
+def test_rewrite_blocks_replaces_only_between_its_markers_and_refuses_a_missing_one():
+    text = "a\n<!-- generated:x -->\nold\n<!-- /generated:x -->\nb\n"
+    assert report.rewrite_blocks(text, {"x": "new\n"}) == "a\n<!-- generated:x -->\nnew\n<!-- /generated:x -->\nb\n"
+    with pytest.raises(ValueError, match="'y'"):
+        report.rewrite_blocks(text, {"y": "new\n"})
+
+
+def test_the_preset_table_has_every_preset_with_the_length_its_config_gives():
+    table = report.preset_table()
+    for module in (pixel_mnist, row_mnist, adding):
+        for preset in module.PRESETS:
+            named = preset.removesuffix("_permuted")  # "paper_irnn, ... (and *_permuted)"
+            assert f"`{preset}" in table or f" {preset}" in table or named in table and "*_permuted" in table, preset
+    keras_900 = next(line for line in table.splitlines() if "`keras_900`" in line)
+    assert "1,687,500 steps (900 epochs)" in keras_900
+    fast = next(line for line in table.splitlines() if "`irnn_fast, " in line)
+    c = pixel_mnist.get_config("irnn_fast")
+    assert f"({c.num_epochs} epochs)" in fast
+
+
+def test_printed_commands_are_portable():
+    from experiments.report_runs import portable_command
+
+    ran = (
+        "python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:keras "
+        "--config.data_dir=/work/data/mnist --workdir=/work/runs/real/pixel_keras_seed0 "
+        "--mirror=/somewhere/docs/results/runs/pixel_keras_seed0"
+    )
+    assert portable_command(ran, "mnist") == (
+        "python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:keras "
+        "--workdir=runs/pixel_keras_seed0"
+    )
+    assert "--config.data_dir=DIR" in portable_command(ran, "fashion_mnist")
+    assert "/work" not in portable_command(ran, "fashion_mnist")

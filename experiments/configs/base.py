@@ -11,48 +11,48 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "custom"  # preset name; the default workdir is runs/<experiment>/<name>
 
     # Data.
-    c.dataset = "mnist"  # mnist | fashion_mnist
+    c.dataset = "mnist"  # mnist or fashion_mnist
     c.data_dir = ""  # folder with the four IDX files (plain or .gz); empty: data_source decides
-    c.data_source = "auto"  # auto: prepared TFDS, else the shipped copy, else download | tfds | embedded | download
+    c.data_source = "auto"  # tfds, embedded (the shipped MNIST), download, or auto: the first that has the data
     c.tfds_data_dir = ""  # where TFDS keeps prepared data; empty: $TFDS_DATA_DIR or ~/tensorflow_datasets
-    c.task = "pixel"  # pixel: 784 x 1 | permuted: fixed pixel permutation | row: 28 x 28
+    c.task = "pixel"  # pixel (784 steps x 1), permuted (pixel, one fixed permutation) or row (28 steps x 28)
     c.permutation_seed = 0  # seed of the fixed permutation of the permuted task
     c.shuffle = True  # False: take the training set in order, wrapping around
     c.input_mean = 0.0  # pixels enter as (x / 255 - input_mean) / input_std
-    c.input_std = 1.0
+    c.input_std = 1.0  # see input_mean (irnn_fast: MNIST's 0.1307 and 0.3081)
 
     # Model.
-    c.cell = "irnn"  # irnn | rnn_relu | rnn_tanh | lstm
-    c.hidden_size = 100
+    c.cell = "irnn"  # irnn, rnn_relu or rnn_tanh (Keras default init), lstm (Keras LSTM)
+    c.hidden_size = 100  # recurrent units
     c.recurrent_gain = 1.0  # irnn: recurrent kernel = gain * identity
     c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
     c.head_sizes = ()  # dense layers between the last state and the logits
-    c.head_activation = "sigmoid"
-    c.recurrence = "scan"  # scan (nn.scan, any cell) | fused | pallas (simple RNNs); same results to float32 tolerance
+    c.head_activation = "sigmoid"  # activation of the head_sizes layers
+    c.recurrence = "scan"  # scan (nn.scan, any cell), fused (custom VJP) or pallas (GPU); equal to f32 tolerance
 
     # Optimiser.
-    c.optimizer = "rmsprop"  # rmsprop | adam | sgd, with Keras constants
-    c.learning_rate = 1e-6
+    c.optimizer = "rmsprop"  # rmsprop, adam (both with Keras constants) or sgd
+    c.learning_rate = 1e-6  # peak learning rate of the schedule
     c.clip_norm = 1.0  # global-norm clipping; 0 turns it off
-    c.lr_schedule = "constant"  # constant | cosine: warm-up, then cosine decay to 0 at the last step
+    c.lr_schedule = "constant"  # constant, or cosine: warm-up, then a cosine to 0 at the last step (fixes the length)
     c.warmup_steps = 0  # linear warm-up of the cosine schedule
 
     # Length of the run.
-    c.batch_size = 32
-    c.num_epochs = 200
-    c.num_train_steps = 0  # when > 0, caps the run at this many optimiser steps
+    c.batch_size = 32  # the last batch of an epoch is partial, as in Keras (masked, not dropped)
+    c.num_epochs = 200  # length of the run in passes over the training set
+    c.num_train_steps = 0  # when > 0, the run's length in optimiser steps instead of num_epochs (shorter or longer)
     c.seed = 0  # initial parameters and the per-epoch data order
 
     # Sweeps: train every combination together, e.g. "learning_rate=1e-6,1e-5 seed=0,1".
-    c.sweep = ""  # fields: seed, learning_rate, clip_norm, recurrent_gain, input_init_std
+    c.sweep = ""  # "FIELD=V1,V2 ...", FIELD in seed, learning_rate, clip_norm, recurrent_gain, input_init_std
 
     # Reporting and checkpoints.
     c.eval_every_steps = 1875  # full test set; also at the last step
     c.eval_offset = 0  # evaluate at steps offset + k * eval_every_steps
-    c.eval_batch_size = 1000
+    c.eval_batch_size = 1000  # test examples per evaluation batch (the metric does not depend on it)
     c.checkpoint_every_steps = 1875  # also at the last step and on SIGTERM/SIGINT
     c.checkpoint_every_seconds = 0.0  # also when this long has passed since the last save (Colab, spot VMs); 0: off
-    c.max_checkpoints_to_keep = 3
+    c.max_checkpoints_to_keep = 3  # older checkpoints are deleted
     c.steps_per_call = 25  # optimiser steps per jitted call; the host checks the loss between calls
-    c.progress_bar = True
+    c.progress_bar = True  # tqdm bar with rate and time left; False: one line per evaluation
     return c

@@ -14,7 +14,7 @@ keras_relu16
 
 tanh50_dense30
     S3: SimpleRNN of 50 tanh units, Dense 30 + sigmoid, Dense 10 + softmax
-    (5,790 parameters); Adam lr 1e-3 (Keras constants, no clipping), batch
+    (5,790 parameters). Adam lr 1e-3 (Keras constants, no clipping), batch
     50, 4,001 steps of train_on_batch taking the training set in order
     without shuffling and wrapping around; the whole test set after steps 1,
     501, ..., 4001 (the source evaluates when its 0-based step % 500 == 0).
