@@ -237,9 +237,9 @@ _PATH_FLAGS = {"--workdir", "--mirror"}
 
 
 def portable_command(command: str, dataset: str | None = None) -> str:
-    """A recorded command as a reader can paste it: `--workdir` relative (runs/NAME), no `--mirror`, and `--config.data_dir` dropped for MNIST (the package ships the same
-    digits; the run's data fingerprint shows it) or written DIR for other datasets. run.json keeps
-    the command exactly as it ran."""
+    """A recorded command as a reader can paste it: `--workdir` relative (runs/NAME), no `--mirror`,
+    and `--config.data_dir` dropped for MNIST (the package ships the same digits; the run's data
+    fingerprint shows it) or written DIR for other datasets. run.json keeps the command as it ran."""
     out = []
     for arg in shlex.split(command):
         flag, eq, value = arg.partition("=")
