@@ -56,17 +56,17 @@ budget_irnn, budget_rnn_relu, budget_rnn_tanh, budget_lstm (and *_permuted)
 
 irnn_fast, irnn_fast_permuted
     The paper's network, unchanged, with a faster training recipe. The network: 100 ReLU units,
-    recurrent kernel = identity, input kernel ~ N(0, 0.001), Dense 10; 11,210 parameters. The
-    recipe is the best a short search on real MNIST found so far (docs/results/results.md,
-    "irnn_fast search"): pixels standardised with MNIST's mean and std (0.1307, 0.3081) instead
-    of [0, 1], RMSprop (Keras constants) at a peak learning rate of 5e-5 decayed to 0 by a cosine
-    over the run, global-norm clipping 1.0, batch 32, 60 epochs (112,500 steps). Target: the paper's 97.0% (natural order) and 82.0%
-    (permuted) in at most 2 hours on a 2-core CPU. Measured (seed 0, on one core of the 2-core
-    AMD EPYC machine, the other core busy): 0.9523 test accuracy after the 60 epochs, in 110
-    minutes; 0.905 after 10 epochs, 0.933 after 30. Not the paper's 97%. The same recipe with the
-    cosine stretched over 100 epochs reached 0.940 at epoch 60, then its loss became non-finite at
-    epoch 65 (the run stopped, the last good state saved); the shorter schedule is both better and
-    stable on this seed.
+    recurrent kernel = identity, input kernel ~ N(0, 0.001), Dense 10; 11,210 parameters. The recipe
+    is the best a short search on real MNIST found so far (docs/results/results.md, "irnn_fast
+    search"): pixels standardised with MNIST's mean and std (0.1307, 0.3081) instead of [0, 1],
+    RMSprop (Keras constants) at a peak learning rate of 5e-5 decayed to 0 by a cosine over the run,
+    global-norm clipping 1.0, batch 32, 60 epochs (112,500 steps). Target: the paper's 97.0%
+    (natural order) and 82.0% (permuted) in at most 2 hours on a 2-core CPU. Measured (seed 0, on
+    one core of the 2-core AMD EPYC machine, the other core busy): 0.9523 test accuracy after the 60
+    epochs, in 110 minutes; 0.905 after 10 epochs, 0.933 after 30. Not the paper's 97%. The same
+    recipe with the cosine stretched over 100 epochs reached 0.940 at epoch 60, then its loss became
+    non-finite at epoch 65 (the run stopped, the last good state saved); the shorter schedule is
+    both better and stable on this seed.
         python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:irnn_fast
 
 Source S0 declares clip_norm = 1.0 but never passes it to Keras; the paper
