@@ -90,33 +90,32 @@ def logged_curve_table(groups: list[Group]) -> str:
     )
     if not replays:
         return ""
-    columns, fits = [], []
+    columns = []  # (header, values (seeds, 9), mean absolute difference from the log)
     for g in replays:
         _, values = g.curve()
         if values.shape[1] != len(logged):
             continue
         passes = g.first.config.get("earlier_passes", 1)
-        columns.append((passes, g, values))
-        fits.append((float(np.abs(values - logged).mean()), passes))  # over seeds and evaluations
+        older = " [older replay]" if "earlier_passes" not in g.first.config else ""
+        header = f"{passes} earlier pass{'es' if passes > 1 else ''}{older} ({len(g.runs)} seeds)"
+        columns.append((header, values, float(np.abs(values - logged).mean())))  # over seeds and evaluations
     if not columns:
         return ""
-    head = " | ".join(f"{p} earlier pass{'es' if p > 1 else ''} ({len(g.runs)} seeds)" for p, g, _ in columns)
     md = "\nS3 as logged: which replay the log fits. Mean over seeds (min to max).\n\n"
-    md += f"| evaluation | logged | {head} |\n"
+    md += "| evaluation | logged | " + " | ".join(h for h, _, _ in columns) + " |\n"
     md += "|---" * (2 + len(columns)) + "|\n"
     for k, value in enumerate(logged):
-        cells = [f"{v[:, k].mean():.4f} ({v[:, k].min():.4f} to {v[:, k].max():.4f})" for _, _, v in columns]
+        cells = [f"{v[:, k].mean():.4f} ({v[:, k].min():.4f} to {v[:, k].max():.4f})" for _, v, _ in columns]
         md += f"| {k + 1} | {value:.4f} | " + " | ".join(cells) + " |\n"
-    mad = {p: m for m, p in fits}
-    md += "| mean absolute difference from the log | | " + " | ".join(f"{mad[p]:.4f}" for p, _, _ in columns) + " |\n"
-    md += "| mean of the nine | " + f"{logged.mean():.4f} | " + " | ".join(f"{v.mean():.4f}" for _, _, v in columns)
+    md += "| mean absolute difference from the log | | " + " | ".join(f"{m:.4f}" for _, _, m in columns) + " |\n"
+    md += "| mean of the nine | " + f"{logged.mean():.4f} | " + " | ".join(f"{v.mean():.4f}" for _, v, _ in columns)
     md += " |\n"
-    (best, p_best), *rest = sorted(fits)
+    (best_header, _, best), *rest = sorted(columns, key=lambda c: c[2])
     if rest:
         md += (
-            f"\nThe log fits best the replay with {p_best} earlier pass{'es' if p_best > 1 else ''}: its nine "
-            f"evaluations differ from the logged ones by {best:.4f} on average (over seeds), against "
-            + ", ".join(f"{m:.4f} with {p}" for m, p in rest)
+            f"\nThe log fits best the replay with {best_header.rsplit(' (', 1)[0]}: its nine evaluations differ "
+            f"from the logged ones by {best:.4f} on average (over seeds), against "
+            + ", ".join(f"{m:.4f} with {h.rsplit(' (', 1)[0]}" for h, _, m in rest)
             + ".\n"
         )
     return md

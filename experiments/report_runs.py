@@ -14,7 +14,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from experiments.configs import adding, pixel_mnist, row_mnist
+from experiments.configs import adding, base, pixel_mnist, row_mnist
 from irnn_jax import checkpoint, metrics, sweep, train
 from irnn_jax import workdir as workdir_lib
 
@@ -106,6 +106,13 @@ class Group:
     def label(self) -> str:
         sid = SOURCE_IDS.get(self.first.preset)
         name = f"{self.first.preset} ({sid})" if sid else self.first.preset
+        # A field of the preset itself (not of base.py, whose later fields default to what older code did)
+        # that the run's config lacks: the run is of an older version of the preset. Say so, or two rows
+        # would read alike.
+        preset_fields = set(self.module.get_config(self.first.preset).to_dict()) - set(base.base_config().to_dict())
+        predates = sorted(preset_fields - set(self.first.config))
+        if predates:
+            name += f" [run before {', '.join(predates)} existed]"
         changed = overrides(self.first)
         changed.pop("dataset", None)
         changed.pop("num_train_steps", None)
@@ -147,10 +154,14 @@ class Group:
         return ", ".join(shas)
 
     def commands(self) -> list[str]:
-        """The first session's command of each run, portable (see `portable_command`)."""
+        """The first session's command of each run, portable (see `portable_command`), with a
+        `--config.FIELD=VALUE` added for each field where the run differs from today's preset and the
+        command does not say so (a preset changed since the run), so that the command reproduces it."""
         out = []
         for run in self.runs:
             command = portable_command(run.sessions[0]["command"], run.config.get("dataset"))
+            missing = [f"--config.{k}={v}" for k, v in overrides(run).items() if f"--config.{k}=" not in command]
+            command = " ".join([command, *missing])
             if command not in out:
                 out.append(command)
         return out
