@@ -40,7 +40,11 @@ def test_seeds_of_one_configuration_are_grouped_across_workdirs_and_sweeps(runs,
     # Cut short at 6 steps of the 10 epochs the runs asked for: 60,000 / batch 4 * 10 = 150,000.
     assert f"| {f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f}) | 4 | 6 of 150,000 |" in s1
     assert "hidden_size=8" in md  # what the runs changed from the preset is named
-    assert "- keras_default_init (S1) + " in md and "`cmd sweep`" in md and "`cmd seed 1`" in md
+    # Each command as it ran, with the fields where the run differs from today's preset added.
+    commands = [line for line in md.splitlines() if line.startswith("- keras_default_init (S1) + ")]
+    assert len(commands) == 3  # two workdirs, one sweep
+    assert all(" --config.hidden_size=8" in line for line in commands)
+    assert ["`cmd sweep " in c for c in commands].count(True) == 1 and any("`cmd seed 1 " in c for c in commands)
     add = next(line for line in md.splitlines() if line.startswith("| irnn_150 + "))
     assert "MSE " in add and "| 1 | 4 of 937,500 |" in add
     # Every preset without a run is listed with its command.
