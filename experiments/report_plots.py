@@ -1,6 +1,7 @@
 """The results page's figures: one PNG per section, four panels, epochs on a linear axis.
 
-Panels: accuracy (test solid, train dotted; the adding problem: test MSE), test loss, training loss
+Panels: accuracy (test solid, train dotted, validation dash-dot where a run held one out; the adding
+problem: test MSE), test loss, training loss
 and the mean gradient norm before clipping. Each configuration is its mean over seeds with a
 min-to-max band; permuted order is dashed and shares its colour with the natural-order twin. The
 sources' figures are horizontal lines, each labelled; a diverged run ends in a cross.
@@ -77,6 +78,7 @@ def plot(groups: list, title: str, path: Path) -> None:
         else:
             _draw(main_ax, g, "test_accuracy", colour, style, label)
             _draw(main_ax, g, "train_accuracy", colour, ":", band=False)
+            _draw(main_ax, g, "validation_accuracy", colour, "-.", band=False)  # runs with a validation split
         for ax, (key, _, _) in zip(axes.flat[1:], PANELS, strict=True):
             _draw(ax, g, key, colour, style)
     if regression:
@@ -88,7 +90,9 @@ def plot(groups: list, title: str, path: Path) -> None:
             main_ax.axhline(value, color="grey", linestyle=(0, (4, 2 + k)), linewidth=1)
             main_ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6,
                              color="dimgrey", va="bottom")  # fmt: skip
-        main_ax.set_title("accuracy: test solid, training dotted; grey lines: the sources' figures", fontsize=9)
+        main_ax.set_title(
+            "accuracy: test solid, training dotted, validation dash-dot; grey lines: the sources' figures", fontsize=9
+        )
     for ax, (_, name, log) in zip(axes.flat[1:], PANELS, strict=True):
         ax.set_title(name, fontsize=9)
         if log:

@@ -40,6 +40,8 @@ ADDED_FIELDS = {
     "warmup_steps": 0,
     "checkpoint_every_seconds": 0.0,
     "earlier_passes": 1,  # S3's replay: the second pass was the only one before the field
+    "validation_size": 0,  # no validation split: every training example trained on
+    "validation_seed": 0,
 }
 
 # Fields that may change between a run and its resumption without making the

@@ -64,6 +64,7 @@ class Dataset:
     train: Split
     test: Split
     source: str  # KIND:WHERE, KIND one of SOURCE_KINDS: where the arrays came from, for logs and run.json
+    validation: Split | None = None  # held out of the training set (input_pipeline.hold_out), or none
 
 
 SOURCE_KINDS = ("embedded", "data_dir", "tfds", "download", "generated")

@@ -84,6 +84,23 @@ def load_dataset(config) -> data.Dataset:
     return data.load_idx_dir(download.fetch_idx(config.dataset), config.dataset, kind="download")
 
 
+def hold_out(dataset: data.Dataset, size: int, seed: int) -> data.Dataset:
+    """`dataset` with `size` training examples moved to a validation split: the first `size` of a fixed
+    permutation of the training indices (seeded by `seed`), in their original order; the rest stay in
+    the training split, in theirs. `size` 0 returns `dataset` unchanged. ValueError when `size` leaves
+    no training example."""
+    if size == 0:
+        return dataset
+    n = len(dataset.train)
+    if not 0 < size < n:
+        raise ValueError(f"validation_size must be below the {n} training examples, got {size}")
+    held = np.zeros(n, bool)
+    held[np.random.Generator(np.random.PCG64(seed)).permutation(n)[:size]] = True
+    train = dataset.train
+    pick = lambda mask: data.Split(train.inputs[mask], train.targets[mask])  # noqa: E731
+    return dataclasses.replace(dataset, train=pick(~held), validation=pick(held))
+
+
 # ----------------------------------------------------------------- sequence views
 
 

@@ -59,6 +59,8 @@ class Setup:
     chunk_fn: object  # jitted (state, train_data, idx, mask) -> state after N steps
     eval_fn: object  # jitted (params, test_data, idx, mask) -> sums (3,) or (R, 3)
     reset_fn: object  # jitted: zero the training-metric sums
+    validation_data: dict | None  # the validation split on the device (config.validation_size > 0), or None
+    data_print: dict  # data.fingerprint of the arrays as read, before the validation split
 
     def train_indices(self, start: int, end: int):
         """Indices and masks of steps [start, end), on the devices: (N, B) or (N, R, B)."""
@@ -101,6 +103,11 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     runs = sweep_lib.expand(config) if is_sweep else [("", config)]
     run_configs = [c for _, c in runs]
     dataset = dataset if dataset is not None else input_pipeline.load_dataset(config)
+    data_print = data.fingerprint(dataset)
+    try:
+        dataset = input_pipeline.hold_out(dataset, config.validation_size, config.validation_seed)
+    except ValueError as e:
+        raise train.ConfigError(f"invalid config:\n  {e}") from e
     num_steps = train.total_steps(config, len(dataset.train))
     if is_sweep:
         state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps))
@@ -116,25 +123,37 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
         state=state, train_data=input_pipeline.put_split(dataset.train, mesh),
         test_data=input_pipeline.put_split(dataset.test, mesh), chunk_fn=chunk_fn, eval_fn=eval_fn,
         reset_fn=reset_fn,
+        validation_data=input_pipeline.put_split(dataset.validation, mesh) if dataset.validation else None,
+        data_print=data_print,
     )  # fmt: skip
 
 
 def evaluate(s: Setup, params) -> list[dict]:
-    """Test metrics per run over the whole test split, gathered on the device like training batches."""
-    idx, mask = input_pipeline.eval_indices(len(s.dataset.test), s.config.eval_batch_size)
+    """Metrics per run over the whole test split (test_loss, test_accuracy) and, when the config holds
+    one out, the whole validation split (validation_loss, validation_accuracy), gathered on the device
+    like training batches."""
+    rows = [{} for _ in s.run_configs]
+    splits = [("test", s.dataset.test, s.test_data)]
+    if s.validation_data is not None:
+        splits.append(("validation", s.dataset.validation, s.validation_data))
+    for name, split, on_device in splits:
+        for row, (loss_sum, correct, count) in zip(rows, _eval_sums(s, params, on_device, len(split)), strict=True):
+            row[f"{name}_loss"] = float(loss_sum / count)
+            if not s.task.regression:
+                row[f"{name}_accuracy"] = float(correct / count)
+    return rows
+
+
+def _eval_sums(s: Setup, params, split_on_device: dict, num_examples: int) -> np.ndarray:
+    """(runs, 3): loss sum, correct count and example count of each run over one split."""
+    idx, mask = input_pipeline.eval_indices(num_examples, s.config.eval_batch_size)
     # A single run's batches are split over the devices like its training batches; a sweep's are whole.
     sharding = parallel.replicated(s.mesh) if s.is_sweep else parallel.axis_sharding(s.mesh, idx.shape[1])
     totals = 0
     for idx_B, mask_B in zip(idx, mask, strict=True):
-        out = s.eval_fn(params, s.test_data, *parallel.put((idx_B, mask_B), (sharding, sharding)))
+        out = s.eval_fn(params, split_on_device, *parallel.put((idx_B, mask_B), (sharding, sharding)))
         totals = totals + np.asarray(parallel.fetch(out), np.float64)
-    rows = []
-    for loss_sum, correct, count in np.reshape(totals, (len(s.run_configs), 3)):
-        row = {"test_loss": float(loss_sum / count)}
-        if not s.task.regression:
-            row["test_accuracy"] = float(correct / count)
-        rows.append(row)
-    return rows
+    return np.reshape(totals, (len(s.run_configs), 3))
 
 
 def _train_row(step: int, steps_per_epoch: int, sums: dict, regression: bool) -> dict:
@@ -150,9 +169,12 @@ def _train_row(step: int, steps_per_epoch: int, sums: dict, regression: bool) ->
 
 def _format_row(name: str, row: dict) -> str:
     f = lambda k, label: f" {label} {row[k]:.4f}" if row.get(k) is not None else ""  # noqa: E731
+    validation = (
+        f"{f('validation_loss', 'val loss')}{f('validation_accuracy', 'acc')} |" if "validation_loss" in row else ""
+    )
     return (
         f"{name + ': ' if name else ''}step {row['step']} (epoch {row['epoch']:.2f}):"
-        f"{f('train_loss', 'train loss')}{f('train_accuracy', 'acc')} |{f('test_loss', 'test loss')}"
+        f"{f('train_loss', 'train loss')}{f('train_accuracy', 'acc')} |{validation}{f('test_loss', 'test loss')}"
         f"{f('test_accuracy', 'acc')} |{f('grad_norm', 'grad norm')} | {row['steps_per_second']:.1f} steps/s"
         + (" | DIVERGED (frozen)" if row.get("diverged") else "")
     )
@@ -234,7 +256,7 @@ def _train(
     config, names, num_steps = s.config, s.run_names, s.num_steps
     config_dict = config.to_dict()
     shapes = ckpt_lib.param_shapes(s.state.params)
-    data_print = data.fingerprint(s.dataset)
+    data_print = s.data_print
     checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", config.max_checkpoints_to_keep)
     writers = []
     recorded, last_saved, outcome = False, None, "error"
@@ -252,9 +274,10 @@ def _train(
             recorded = True
             writers = [metrics_lib.MetricsWriter(workdir / "runs" / n if n else workdir, start) for n in names]
         logging.info(
-            "%s: %d train / %d test examples from %s; %d steps (%.2f epochs) of %d run(s), %d parameters each; "
-            "%d device(s), %d process(es)",
-            config.dataset, len(s.dataset.train), len(s.dataset.test), s.dataset.source, num_steps,
+            "%s: %d train / %d validation / %d test examples from %s; %d steps (%.2f epochs) of %d run(s), "
+            "%d parameters each; %d device(s), %d process(es)",
+            config.dataset, len(s.dataset.train), len(s.dataset.validation or ()), len(s.dataset.test),
+            s.dataset.source, num_steps,
             num_steps / s.steps_per_epoch, len(names), model_lib.count_params(state.params) // len(names),
             s.mesh.size, jax.process_count(),
         )  # fmt: skip

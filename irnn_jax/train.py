@@ -112,6 +112,14 @@ def validate_config(config) -> None:
         f"seed and permutation_seed must be integers >= 0, got {c.seed!r} and {c.permutation_seed!r}",
     )
     need(
+        isinstance(c.validation_size, int) and c.validation_size >= 0,
+        f"validation_size must be an integer >= 0 (0: no validation split), got {c.validation_size!r}",
+    )
+    need(
+        isinstance(c.validation_seed, int) and c.validation_seed >= 0,
+        f"validation_seed must be an integer >= 0, got {c.validation_seed!r}",
+    )
+    need(
         isinstance(c.eval_offset, int) and c.eval_offset >= 0,
         f"eval_offset must be an integer >= 0, got {c.eval_offset!r}",
     )

@@ -20,6 +20,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.shuffle = True  # False: take the training set in order, wrapping around
     c.input_mean = 0.0  # pixels enter as (x / 255 - input_mean) / input_std
     c.input_std = 1.0  # see input_mean (irnn_fast: MNIST's 0.1307 and 0.3081)
+    c.validation_size = 0  # training examples held out to choose on (never trained on); 0: none
+    c.validation_seed = 0  # seed of the fixed permutation whose first validation_size examples are held out
 
     # Model.
     c.cell = "irnn"  # irnn, rnn_relu or rnn_tanh (Keras default init), lstm (Keras LSTM)
