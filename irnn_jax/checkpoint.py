@@ -42,6 +42,8 @@ ADDED_FIELDS = {
     "earlier_passes": 1,  # S3's replay: the second pass was the only one before the field
     "validation_size": 0,  # no validation split: every training example trained on
     "validation_seed": 0,
+    "recurrent_lr_scale": 1.0,  # not in the optimiser's chain: its state is as before
+    "update_clip_norm": 0.0,
 }
 
 # Fields that may change between a run and its resumption without making the

@@ -62,6 +62,23 @@ def clip_by_global_norm(max_norm) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def scale_leaves(name: str, factor: float) -> optax.GradientTransformation:
+    """Multiplies the updates of every parameter called `name` (the last key of its path) by `factor`:
+    a learning rate of its own for, say, the recurrent kernel."""
+
+    def update(updates, state, params=None):
+        del params
+
+        def one(path, u):
+            last = path[-1]
+            key = getattr(last, "key", getattr(last, "name", None))
+            return u * jnp.asarray(factor, u.dtype) if key == name else u
+
+        return jax.tree_util.tree_map_with_path(one, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _factory(name: str):
     def make(learning_rate, clip_norm):
         if name == "rmsprop":
@@ -92,15 +109,26 @@ def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
 
 def make_optimizer(
     name: str, learning_rate: float, clip_norm: float, schedule: str = "constant", total_steps: int = 0,
-    warmup_steps: int = 0,
+    warmup_steps: int = 0, recurrent_lr_scale: float = 1.0, update_clip_norm: float = 0.0,
 ) -> optax.GradientTransformation:  # fmt: skip
-    """Global-norm clipping (off when clip_norm is 0), then the Keras-exact optimiser.
+    """Global-norm clipping of the gradient (off when clip_norm is 0), then the Keras-exact optimiser.
 
     A non-constant `schedule` multiplies the update by its factor at each step; the learning
-    rate stays an injected hyperparameter, so sweep runs share the schedule's shape."""
+    rate stays an injected hyperparameter, so sweep runs share the schedule's shape.
+    `recurrent_lr_scale` != 1 multiplies the recurrent kernels' updates by it (their own learning
+    rate); `update_clip_norm` > 0 clips the global norm of the update itself, after the optimiser's
+    transform and the schedule. Each is in the chain only when set, so the optimiser state of runs
+    without them is as it always was (and their checkpoints restore)."""
     opt = optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
+    chain = [opt]
     factor = schedule_factor(schedule, total_steps, warmup_steps)
-    return opt if factor is None else optax.chain(opt, optax.scale_by_schedule(factor))
+    if factor is not None:
+        chain.append(optax.scale_by_schedule(factor))
+    if recurrent_lr_scale != 1.0:
+        chain.append(scale_leaves("recurrent_kernel", recurrent_lr_scale))
+    if update_clip_norm > 0:
+        chain.append(clip_by_global_norm(update_clip_norm))
+    return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 
 def with_hyperparams(opt_state, learning_rate: float, clip_norm: float):

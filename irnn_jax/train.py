@@ -112,6 +112,14 @@ def validate_config(config) -> None:
         f"seed and permutation_seed must be integers >= 0, got {c.seed!r} and {c.permutation_seed!r}",
     )
     need(
+        math.isfinite(c.recurrent_lr_scale) and c.recurrent_lr_scale >= 0,
+        f"recurrent_lr_scale must be >= 0 (1: the learning rate of the rest), got {c.recurrent_lr_scale!r}",
+    )
+    need(
+        math.isfinite(c.update_clip_norm) and c.update_clip_norm >= 0,
+        f"update_clip_norm must be >= 0 (0 turns it off), got {c.update_clip_norm!r}",
+    )
+    need(
         isinstance(c.validation_size, int) and c.validation_size >= 0,
         f"validation_size must be an integer >= 0 (0: no validation split), got {c.validation_size!r}",
     )
@@ -188,7 +196,8 @@ def create_state(config, num_steps: int = 0) -> TrainState:
 def make_optimizer(config, num_steps: int = 0):
     """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
     return optim.make_optimizer(
-        config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps
+        config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps,
+        config.recurrent_lr_scale, config.update_clip_norm,
     )  # fmt: skip
 
 

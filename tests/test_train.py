@@ -292,3 +292,62 @@ def test_cosine_schedule_scales_the_update_from_full_to_zero(idx_dir):
     np.testing.assert_allclose(scheduled[1] - scheduled[0], 0.5 * second_step, rtol=1e-5)  # cos(pi/2)...
     factor = optim.schedule_factor("cosine", 100, warmup_steps=10)
     assert [round(float(factor(s)), 4) for s in (0, 5, 10, 55, 100)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def _apply_tree(tx, params, grads):
+    state = tx.init(params)
+    for g in grads:
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+def _rnn_tree(value):
+    return {"rnn": {"kernel": jnp.full((2,), value), "recurrent_kernel": jnp.full((2, 2), value)}}
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.25])
+def test_recurrent_lr_scale_scales_the_recurrent_kernels_updates_only(idx_dir, scale):
+    c = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, learning_rate=0.1, recurrent_lr_scale=scale)
+    got = _apply_tree(train.make_optimizer(c), _rnn_tree(1.0), [_rnn_tree(2.0)] * 3)
+    np.testing.assert_allclose(got["rnn"]["kernel"], 1.0 - 3 * 0.1 * 2.0, rtol=1e-6)  # the rest: the full rate
+    np.testing.assert_allclose(got["rnn"]["recurrent_kernel"], 1.0 - 3 * scale * 0.1 * 2.0, rtol=1e-6)
+
+
+def test_update_clip_norm_bounds_the_update_after_the_optimiser(idx_dir):
+    # RMSprop's first update is lr * g / sqrt(0.1 g^2) ~ 3.16 lr per element whatever the gradient's size,
+    # so clipping the gradient cannot bound it; clipping the update does.
+    g = {"w": jnp.asarray([3.0, 4.0])}
+    c = tiny_config(idx_dir, clip_norm=1.0, learning_rate=1.0)
+    free = train.make_optimizer(c)
+    u_free, _ = free.update(g, free.init(g), g)
+    assert float(optax.tree.norm(u_free)) > 4.0
+    bounded = train.make_optimizer(tiny_config(idx_dir, clip_norm=1.0, learning_rate=1.0, update_clip_norm=0.5))
+    u, _ = bounded.update(g, bounded.init(g), g)
+    np.testing.assert_allclose(float(optax.tree.norm(u)), 0.5, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(u["w"]) / np.asarray(u_free["w"]), 0.5 / float(optax.tree.norm(u_free)))
+
+
+def test_the_optimiser_options_off_leave_the_optimiser_state_as_it_was(idx_dir):
+    """recurrent_lr_scale 1 and update_clip_norm 0 add nothing to the chain: checkpoints of runs made
+    before the fields existed restore (checkpoint.ADDED_FIELDS)."""
+    params = _rnn_tree(1.0)
+    base = jax.tree_util.tree_structure(train.make_optimizer(tiny_config(idx_dir)).init(params))
+    on = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0)
+    assert jax.tree_util.tree_structure(train.make_optimizer(on).init(params)) != base
+    off = tiny_config(idx_dir, recurrent_lr_scale=1.0, update_clip_norm=0.0)
+    assert jax.tree_util.tree_structure(train.make_optimizer(off).init(params)) == base
+
+
+@pytest.mark.parametrize("field, value", [("recurrent_lr_scale", -1.0), ("update_clip_norm", -0.5)])
+def test_optimiser_options_out_of_range_are_refused(idx_dir, field, value):
+    with pytest.raises(train.ConfigError, match=field):
+        train.validate_config(tiny_config(idx_dir, **{field: value}))
+
+
+def test_a_sweep_runs_with_the_optimiser_options(idx_dir, tmp_path):
+    c = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0, sweep="learning_rate=1e-3,1e-2",
+                    num_train_steps=4, eval_every_steps=4)  # fmt: skip
+    result = loop.train_and_evaluate(c, tmp_path / "w")
+    assert result.step == 4 and len(result.last_rows) == 2
+    assert result.last_rows[0]["train_loss"] != result.last_rows[1]["train_loss"]  # each its own learning rate

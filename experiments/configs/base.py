@@ -38,6 +38,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.clip_norm = 1.0  # global-norm clipping; 0 turns it off
     c.lr_schedule = "constant"  # constant, or cosine: warm-up, then a cosine to 0 at the last step (fixes the length)
     c.warmup_steps = 0  # linear warm-up of the cosine schedule
+    c.recurrent_lr_scale = 1.0  # the recurrent kernel's updates times this: its own learning rate
+    c.update_clip_norm = 0.0  # clips the global norm of the update, after the optimiser; 0 turns it off
 
     # Length of the run.
     c.batch_size = 32  # the last batch of an epoch is partial, as in Keras (masked, not dropped)
