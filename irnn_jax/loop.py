@@ -333,7 +333,7 @@ def _train(
                 if metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
                     rate = (step - interval_start) / (time.perf_counter() - t_interval)
                     last_rows = []
-                    for k, test in enumerate(evaluate(s, state.params)):
+                    for k, test in enumerate(evaluate(s, train.eval_params(state))):
                         row = _train_row(step, s.steps_per_epoch, {n: float(v[k]) for n, v in sums.items()},
                                          s.task.regression)  # fmt: skip
                         row.update(test, steps_per_second=rate, elapsed_seconds=elapsed + time.perf_counter() - t_run)

@@ -79,6 +79,38 @@ def scale_leaves(name: str, factor: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+class EmaState(NamedTuple):
+    ema: Any  # the moving average of the parameters, a tree like them
+
+
+def track_ema(decay: float) -> optax.GradientTransformation:
+    """Passes the updates through and keeps, in its state, an exponential moving average of the
+    parameters they lead to: ema <- decay * ema + (1 - decay) * (params + updates), starting from the
+    initial parameters (so no bias correction is needed). Last in the chain: it must see the final
+    updates. `ema_params(opt_state)` reads it."""
+
+    def init(params):
+        return EmaState(jax.tree.map(jnp.copy, params))  # its own buffers: the train step donates the state
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("track_ema needs the parameters: call update(updates, state, params)")
+        ema = jax.tree.map(
+            lambda e, p, u: decay * e + (1 - decay) * (p + u).astype(e.dtype), state.ema, params, updates
+        )
+        return updates, EmaState(ema)
+
+    return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state):
+    """The moving average of the parameters kept by `track_ema` in `opt_state`, or None without one."""
+    found = [
+        x for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, EmaState)) if isinstance(x, EmaState)
+    ]
+    return found[0].ema if found else None
+
+
 def _factory(name: str):
     def make(learning_rate, clip_norm):
         if name == "rmsprop":
@@ -109,7 +141,7 @@ def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
 
 def make_optimizer(
     name: str, learning_rate: float, clip_norm: float, schedule: str = "constant", total_steps: int = 0,
-    warmup_steps: int = 0, recurrent_lr_scale: float = 1.0, update_clip_norm: float = 0.0,
+    warmup_steps: int = 0, recurrent_lr_scale: float = 1.0, update_clip_norm: float = 0.0, ema_decay: float = 0.0,
 ) -> optax.GradientTransformation:  # fmt: skip
     """Global-norm clipping of the gradient (off when clip_norm is 0), then the Keras-exact optimiser.
 
@@ -117,7 +149,8 @@ def make_optimizer(
     rate stays an injected hyperparameter, so sweep runs share the schedule's shape.
     `recurrent_lr_scale` != 1 multiplies the recurrent kernels' updates by it (their own learning
     rate); `update_clip_norm` > 0 clips the global norm of the update itself, after the optimiser's
-    transform and the schedule. Each is in the chain only when set, so the optimiser state of runs
+    transform and the schedule; `ema_decay` > 0 keeps a moving average of the parameters
+    (`track_ema`), which evaluation then uses. Each is in the chain only when set, so the optimiser state of runs
     without them is as it always was (and their checkpoints restore)."""
     opt = optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
     chain = [opt]
@@ -128,6 +161,8 @@ def make_optimizer(
         chain.append(scale_leaves("recurrent_kernel", recurrent_lr_scale))
     if update_clip_norm > 0:
         chain.append(clip_by_global_norm(update_clip_norm))
+    if ema_decay > 0:
+        chain.append(track_ema(ema_decay))
     return chain[0] if len(chain) == 1 else optax.chain(*chain)
 
 

@@ -120,6 +120,10 @@ def validate_config(config) -> None:
         f"update_clip_norm must be >= 0 (0 turns it off), got {c.update_clip_norm!r}",
     )
     need(
+        math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1,
+        f"ema_decay must be in [0, 1) (0: evaluate the weights themselves), got {c.ema_decay!r}",
+    )
+    need(
         isinstance(c.validation_size, int) and c.validation_size >= 0,
         f"validation_size must be an integer >= 0 (0: no validation split), got {c.validation_size!r}",
     )
@@ -197,8 +201,15 @@ def make_optimizer(config, num_steps: int = 0):
     """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
     return optim.make_optimizer(
         config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps,
-        config.recurrent_lr_scale, config.update_clip_norm,
+        config.recurrent_lr_scale, config.update_clip_norm, config.ema_decay,
     )  # fmt: skip
+
+
+def eval_params(state: TrainState):
+    """The parameters to evaluate: the moving average when the config keeps one (ema_decay > 0), else
+    the parameters themselves."""
+    ema = optim.ema_params(state.opt_state)
+    return state.params if ema is None else ema
 
 
 def make_loss_fn(config):

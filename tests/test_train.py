@@ -333,21 +333,53 @@ def test_the_optimiser_options_off_leave_the_optimiser_state_as_it_was(idx_dir):
     before the fields existed restore (checkpoint.ADDED_FIELDS)."""
     params = _rnn_tree(1.0)
     base = jax.tree_util.tree_structure(train.make_optimizer(tiny_config(idx_dir)).init(params))
-    on = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0)
-    assert jax.tree_util.tree_structure(train.make_optimizer(on).init(params)) != base
-    off = tiny_config(idx_dir, recurrent_lr_scale=1.0, update_clip_norm=0.0)
+    for field, value in (("recurrent_lr_scale", 0.5), ("update_clip_norm", 1.0), ("ema_decay", 0.9)):
+        on = tiny_config(idx_dir, **{field: value})
+        assert jax.tree_util.tree_structure(train.make_optimizer(on).init(params)) != base, field
+    off = tiny_config(idx_dir, recurrent_lr_scale=1.0, update_clip_norm=0.0, ema_decay=0.0)
     assert jax.tree_util.tree_structure(train.make_optimizer(off).init(params)) == base
 
 
-@pytest.mark.parametrize("field, value", [("recurrent_lr_scale", -1.0), ("update_clip_norm", -0.5)])
+@pytest.mark.parametrize(
+    "field, value",
+    [("recurrent_lr_scale", -1.0), ("update_clip_norm", -0.5), ("ema_decay", 1.0), ("ema_decay", -0.1)],
+)
 def test_optimiser_options_out_of_range_are_refused(idx_dir, field, value):
     with pytest.raises(train.ConfigError, match=field):
         train.validate_config(tiny_config(idx_dir, **{field: value}))
 
 
 def test_a_sweep_runs_with_the_optimiser_options(idx_dir, tmp_path):
-    c = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0, sweep="learning_rate=1e-3,1e-2",
-                    num_train_steps=4, eval_every_steps=4)  # fmt: skip
+    c = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0, ema_decay=0.9,
+                    sweep="learning_rate=1e-3,1e-2", num_train_steps=4, eval_every_steps=4)  # fmt: skip
     result = loop.train_and_evaluate(c, tmp_path / "w")
     assert result.step == 4 and len(result.last_rows) == 2
     assert result.last_rows[0]["train_loss"] != result.last_rows[1]["train_loss"]  # each its own learning rate
+
+
+def test_ema_is_the_moving_average_of_the_parameters_after_each_update(idx_dir):
+    d, lr = 0.5, 0.1
+    c = tiny_config(idx_dir, optimizer="sgd", clip_norm=0.0, learning_rate=lr, ema_decay=d)
+    tx = train.make_optimizer(c)
+    params = {"w": jnp.asarray([1.0, -2.0])}
+    state = tx.init(params)
+    want_ema, p = np.asarray(params["w"]), np.asarray(params["w"])
+    for g in (np.array([1.0, 0.5]), np.array([-3.0, 2.0]), np.array([0.25, 0.0])):
+        updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
+        params = optax.apply_updates(params, updates)
+        p = p - lr * g
+        want_ema = d * want_ema + (1 - d) * p
+    np.testing.assert_allclose(np.asarray(params["w"]), p, rtol=1e-6)  # the updates pass through unchanged
+    np.testing.assert_allclose(np.asarray(optim.ema_params(state)["w"]), want_ema, rtol=1e-6)
+
+
+def test_a_run_with_ema_evaluates_the_average_not_the_weights(idx_dir, tmp_path):
+    c = tiny_config(idx_dir, ema_decay=0.9, learning_rate=1e-4, num_train_steps=6, eval_every_steps=6)
+    result = loop.train_and_evaluate(c, tmp_path / "ema")
+    row = read_rows(tmp_path / "ema")[-1]
+    s = loop.setup(c)
+    (of_ema,) = loop.evaluate(s, optim.ema_params(result.state.opt_state))
+    (of_weights,) = loop.evaluate(s, result.state.params)
+    assert row["test_loss"] == pytest.approx(of_ema["test_loss"], rel=1e-6)
+    assert of_ema["test_loss"] != of_weights["test_loss"]
+    assert optim.ema_params(loop.setup(tiny_config(idx_dir)).state.opt_state) is None  # off by default
