@@ -58,15 +58,22 @@ SECTION_TITLES = {
 
 
 def section_table(groups: list[Group]) -> str:
+    """One row per configuration; a validation column when a run of the section held a split out."""
+    with_validation = any("validation_accuracy" in run.rows[-1] for g in groups for run in g.runs)
     lines = [
         "| configuration | reported (source, at its own length) | ours: final test metric, mean ± std (min to max) "
-        "| seeds | steps | wall time | sessions | data (train/test SHA-256) | code (git commit) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        + ("| final validation accuracy, each seed " if with_validation else "")
+        + "| seeds | steps | wall time | sessions | data (train/test SHA-256) | code (git commit) |",
+        "|---" * (10 if with_validation else 9) + "|",
     ]
     for g in groups:
+        validation = ""
+        if with_validation:
+            values = [run.rows[-1].get("validation_accuracy") for run in g.runs]
+            validation = "| " + (", ".join(f"{v:.4f}" for v in values if v is not None) or "none") + " "
         lines.append(
-            f"| {g.label} | {reported(g)} | {g.ours()} | {len(g.runs)} | {g.steps()} | {g.wall()} | {g.sessions()} "
-            f"| {g.data()} | {g.commits()} |"
+            f"| {g.label} | {reported(g)} | {g.ours()} {validation}| {len(g.runs)} | {g.steps()} | {g.wall()} "
+            f"| {g.sessions()} | {g.data()} | {g.commits()} |"
         )
     return "\n".join(lines) + "\n\nCommands (each run's first session):\n\n" + command_list(groups)
 

@@ -169,3 +169,13 @@ def test_printed_commands_are_portable():
     )
     assert "--config.data_dir=DIR" in portable_command(ran, "fashion_mnist")
     assert "/work" not in portable_command(ran, "fashion_mnist")
+
+
+@pytest.mark.slow
+def test_a_run_with_a_validation_split_shows_its_validation_accuracy(idx_dir, tmp_path):
+    c = tiny_config(idx_dir, "irnn_fast", validation_size=30, num_train_steps=4, eval_every_steps=4)
+    loop.train_and_evaluate(c, tmp_path / "val", experiment="pixel_mnist", command="cmd")
+    md = report.write_report([tmp_path / "val"], tmp_path / "out")
+    assert "| final validation accuracy, each seed |" in md
+    value = metrics.read_rows(tmp_path / "val" / "metrics.jsonl")[-1]["validation_accuracy"]
+    assert f"| {value:.4f} |" in md
