@@ -45,6 +45,7 @@ ADDED_FIELDS = {
     "recurrent_lr_scale": 1.0,  # not in the optimiser's chain: its state is as before
     "update_clip_norm": 0.0,
     "ema_decay": 0.0,
+    "skip_spike_factor": 0.0,
 }
 
 # Fields that may change between a run and its resumption without making the

@@ -19,7 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 from irnn_jax import checkpoint as ckpt_lib
-from irnn_jax import data, input_pipeline, parallel, peers, train
+from irnn_jax import data, input_pipeline, optim, parallel, peers, train
 from irnn_jax import metrics as metrics_lib
 from irnn_jax import mirror as mirror_lib
 from irnn_jax import model as model_lib
@@ -333,10 +333,14 @@ def _train(
                 if metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
                     rate = (step - interval_start) / (time.perf_counter() - t_interval)
                     last_rows = []
+                    skipped = optim.skipped_steps(state.opt_state)  # skip_spike_factor > 0: steps skipped so far
+                    skipped = None if skipped is None else np.reshape(parallel.fetch(skipped), -1)
                     for k, test in enumerate(evaluate(s, train.eval_params(state))):
                         row = _train_row(step, s.steps_per_epoch, {n: float(v[k]) for n, v in sums.items()},
                                          s.task.regression)  # fmt: skip
                         row.update(test, steps_per_second=rate, elapsed_seconds=elapsed + time.perf_counter() - t_run)
+                        if skipped is not None:
+                            row["skipped_steps"] = int(skipped[k])
                         if k in diverged:
                             row["diverged"] = True
                         last_rows.append(row)

@@ -111,6 +111,51 @@ def ema_params(opt_state):
     return found[0].ema if found else None
 
 
+class SpikeState(NamedTuple):
+    inner: Any  # the wrapped optimiser's state
+    log_norm: jax.Array  # running mean of log(global gradient norm) over the steps taken
+    count: jax.Array  # steps taken (not skipped)
+    skipped: jax.Array  # steps skipped
+
+
+SPIKE_WARMUP_STEPS = 100  # steps taken before any may be skipped: the running mean settles first
+
+
+def skip_spikes(
+    inner: optax.GradientTransformation, factor: float, decay: float = 0.99, warmup: int = SPIKE_WARMUP_STEPS
+) -> optax.GradientTransformation:
+    """`inner`, except that a step whose global gradient norm exceeds `factor` times the running
+    geometric mean of the norms of the steps taken so far (an exponential moving average of the log
+    norm, `decay`) is skipped: zero update, and `inner`'s state (moments, EMA, schedule count) left as
+    it was. No step is skipped before `warmup` steps were taken."""
+    log_factor = float(jnp.log(factor))
+
+    def init(params):
+        zero = jnp.zeros((), jnp.int32)
+        return SpikeState(inner.init(params), jnp.zeros((), jnp.float32), zero, zero)
+
+    def update(grads, state, params=None):
+        log_norm = jnp.log(optax.tree.norm(grads)).astype(jnp.float32)
+        spike = (state.count >= warmup) & (log_norm > state.log_norm + log_factor)
+        updates, inner_state = inner.update(grads, state.inner, params)
+        updates = jax.tree.map(lambda u: jnp.where(spike, jnp.zeros_like(u), u), updates)
+        inner_state = jax.tree.map(lambda new, old: jnp.where(spike, old, new), inner_state, state.inner)
+        mean = jnp.where(state.count == 0, log_norm, decay * state.log_norm + (1 - decay) * log_norm)
+        return updates, SpikeState(
+            inner_state,
+            jnp.where(spike, state.log_norm, mean),
+            state.count + jnp.where(spike, 0, 1),
+            state.skipped + jnp.where(spike, 1, 0),
+        )
+
+    return optax.GradientTransformation(init, update)
+
+
+def skipped_steps(opt_state):
+    """The running count of steps `skip_spikes` skipped (an array: one per run of a sweep), or None."""
+    return opt_state.skipped if isinstance(opt_state, SpikeState) else None
+
+
 def _factory(name: str):
     def make(learning_rate, clip_norm):
         if name == "rmsprop":
@@ -142,6 +187,7 @@ def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
 def make_optimizer(
     name: str, learning_rate: float, clip_norm: float, schedule: str = "constant", total_steps: int = 0,
     warmup_steps: int = 0, recurrent_lr_scale: float = 1.0, update_clip_norm: float = 0.0, ema_decay: float = 0.0,
+    skip_spike_factor: float = 0.0,
 ) -> optax.GradientTransformation:  # fmt: skip
     """Global-norm clipping of the gradient (off when clip_norm is 0), then the Keras-exact optimiser.
 
@@ -150,7 +196,8 @@ def make_optimizer(
     `recurrent_lr_scale` != 1 multiplies the recurrent kernels' updates by it (their own learning
     rate); `update_clip_norm` > 0 clips the global norm of the update itself, after the optimiser's
     transform and the schedule; `ema_decay` > 0 keeps a moving average of the parameters
-    (`track_ema`), which evaluation then uses. Each is in the chain only when set, so the optimiser state of runs
+    (`track_ema`), which evaluation then uses; `skip_spike_factor` > 0 wraps it all in `skip_spikes`.
+    Each is in the chain only when set, so the optimiser state of runs
     without them is as it always was (and their checkpoints restore)."""
     opt = optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
     chain = [opt]
@@ -163,11 +210,14 @@ def make_optimizer(
         chain.append(clip_by_global_norm(update_clip_norm))
     if ema_decay > 0:
         chain.append(track_ema(ema_decay))
-    return chain[0] if len(chain) == 1 else optax.chain(*chain)
+    tx = chain[0] if len(chain) == 1 else optax.chain(*chain)
+    return skip_spikes(tx, skip_spike_factor) if skip_spike_factor > 0 else tx
 
 
 def with_hyperparams(opt_state, learning_rate: float, clip_norm: float):
     """The same optimiser state with other injected values (for sweep runs)."""
+    if isinstance(opt_state, SpikeState):
+        return opt_state._replace(inner=with_hyperparams(opt_state.inner, learning_rate, clip_norm))
     if isinstance(opt_state, tuple) and not hasattr(opt_state, "hyperparams"):  # (injected, schedule)
         return (with_hyperparams(opt_state[0], learning_rate, clip_norm), *opt_state[1:])
     hp = dict(opt_state.hyperparams)

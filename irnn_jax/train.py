@@ -120,6 +120,10 @@ def validate_config(config) -> None:
         f"update_clip_norm must be >= 0 (0 turns it off), got {c.update_clip_norm!r}",
     )
     need(
+        math.isfinite(c.skip_spike_factor) and (c.skip_spike_factor == 0 or c.skip_spike_factor > 1),
+        f"skip_spike_factor must be 0 (off) or > 1, got {c.skip_spike_factor!r}",
+    )
+    need(
         math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1,
         f"ema_decay must be in [0, 1) (0: evaluate the weights themselves), got {c.ema_decay!r}",
     )
@@ -201,7 +205,7 @@ def make_optimizer(config, num_steps: int = 0):
     """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
     return optim.make_optimizer(
         config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps,
-        config.recurrent_lr_scale, config.update_clip_norm, config.ema_decay,
+        config.recurrent_lr_scale, config.update_clip_norm, config.ema_decay, config.skip_spike_factor,
     )  # fmt: skip
 
 

@@ -333,16 +333,24 @@ def test_the_optimiser_options_off_leave_the_optimiser_state_as_it_was(idx_dir):
     before the fields existed restore (checkpoint.ADDED_FIELDS)."""
     params = _rnn_tree(1.0)
     base = jax.tree_util.tree_structure(train.make_optimizer(tiny_config(idx_dir)).init(params))
-    for field, value in (("recurrent_lr_scale", 0.5), ("update_clip_norm", 1.0), ("ema_decay", 0.9)):
+    for field, value in (("recurrent_lr_scale", 0.5), ("update_clip_norm", 1.0), ("ema_decay", 0.9),
+                         ("skip_spike_factor", 10.0)):  # fmt: skip
         on = tiny_config(idx_dir, **{field: value})
         assert jax.tree_util.tree_structure(train.make_optimizer(on).init(params)) != base, field
-    off = tiny_config(idx_dir, recurrent_lr_scale=1.0, update_clip_norm=0.0, ema_decay=0.0)
+    off = tiny_config(idx_dir, recurrent_lr_scale=1.0, update_clip_norm=0.0, ema_decay=0.0, skip_spike_factor=0.0)
     assert jax.tree_util.tree_structure(train.make_optimizer(off).init(params)) == base
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("recurrent_lr_scale", -1.0), ("update_clip_norm", -0.5), ("ema_decay", 1.0), ("ema_decay", -0.1)],
+    [
+        ("recurrent_lr_scale", -1.0),
+        ("update_clip_norm", -0.5),
+        ("ema_decay", 1.0),
+        ("ema_decay", -0.1),
+        ("skip_spike_factor", 0.5),
+        ("skip_spike_factor", -2.0),
+    ],  # fmt: skip
 )
 def test_optimiser_options_out_of_range_are_refused(idx_dir, field, value):
     with pytest.raises(train.ConfigError, match=field):
@@ -350,11 +358,12 @@ def test_optimiser_options_out_of_range_are_refused(idx_dir, field, value):
 
 
 def test_a_sweep_runs_with_the_optimiser_options(idx_dir, tmp_path):
-    c = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0, ema_decay=0.9,
+    c = tiny_config(idx_dir, recurrent_lr_scale=0.5, update_clip_norm=1.0, ema_decay=0.9, skip_spike_factor=10.0,
                     sweep="learning_rate=1e-3,1e-2", num_train_steps=4, eval_every_steps=4)  # fmt: skip
     result = loop.train_and_evaluate(c, tmp_path / "w")
     assert result.step == 4 and len(result.last_rows) == 2
     assert result.last_rows[0]["train_loss"] != result.last_rows[1]["train_loss"]  # each its own learning rate
+    assert [r["skipped_steps"] for r in result.last_rows] == [0, 0]  # none in the first SPIKE_WARMUP_STEPS
 
 
 def test_ema_is_the_moving_average_of_the_parameters_after_each_update(idx_dir):
@@ -383,3 +392,40 @@ def test_a_run_with_ema_evaluates_the_average_not_the_weights(idx_dir, tmp_path)
     assert row["test_loss"] == pytest.approx(of_ema["test_loss"], rel=1e-6)
     assert of_ema["test_loss"] != of_weights["test_loss"]
     assert optim.ema_params(loop.setup(tiny_config(idx_dir)).state.opt_state) is None  # off by default
+
+
+def test_a_gradient_spike_is_skipped_whole_and_the_steps_around_it_are_not():
+    """skip_spikes: after the warm-up, a step whose gradient norm is above factor x the running geometric
+    mean changes neither the parameters nor the optimiser's state (its moments and EMA); the others do."""
+    inner = optim.make_optimizer("rmsprop", 0.1, 0.0, ema_decay=0.5)
+    tx = optim.skip_spikes(inner, factor=10.0, warmup=3)
+    params = {"w": jnp.asarray([1.0, 1.0])}
+    state = tx.init(params)
+    norm_one = {"w": jnp.asarray([0.6, 0.8])}
+    for _ in range(3):  # the warm-up: norms of 1
+        updates, state = tx.update(norm_one, state, params)
+        params = optax.apply_updates(params, updates)
+    before_params, before_inner = params, state.inner
+    spike = {"w": jnp.asarray([60.0, 80.0])}  # norm 100 > 10 x 1
+    updates, state = tx.update(spike, state, params)
+    assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
+    for a, b in zip(jax.tree.leaves(state.inner), jax.tree.leaves(before_inner), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert int(state.skipped) == 1 and int(state.count) == 3
+    mild = {"w": jnp.asarray([3.0, 4.0])}  # norm 5 < 10 x 1: taken
+    updates, state = tx.update(mild, state, params)
+    assert float(jnp.abs(updates["w"]).max()) > 0 and int(state.skipped) == 1 and int(state.count) == 4
+    assert optim.ema_params(state) is not None  # the EMA inside is still found
+    # Without the wrapper the spike would have moved the parameters.
+    plain_updates, _ = inner.update(spike, before_inner, before_params)
+    assert float(jnp.abs(plain_updates["w"]).max()) > 0
+
+
+def test_no_step_is_skipped_before_the_warm_up():
+    tx = optim.skip_spikes(optax.sgd(0.1), factor=2.0, warmup=5)
+    params = {"w": jnp.asarray([0.0])}
+    state = tx.init(params)
+    for g in (1.0, 100.0, 1.0, 1000.0):  # spikes, but within the warm-up
+        updates, state = tx.update({"w": jnp.asarray([g])}, state, params)
+        assert float(updates["w"][0]) == pytest.approx(-0.1 * g)
+    assert int(state.skipped) == 0 and int(state.count) == 4

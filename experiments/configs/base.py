@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.recurrent_lr_scale = 1.0  # the recurrent kernel's updates times this: its own learning rate
     c.update_clip_norm = 0.0  # clips the global norm of the update, after the optimiser; 0 turns it off
     c.ema_decay = 0.0  # > 0: evaluate a moving average of the weights with this decay (e.g. 0.999); 0: off
+    c.skip_spike_factor = 0.0  # > 1: skip a step whose gradient norm is above factor x its running mean; 0: off
 
     # Length of the run.
     c.batch_size = 32  # the last batch of an epoch is partial, as in Keras (masked, not dropped)
