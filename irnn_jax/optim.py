@@ -113,21 +113,26 @@ def ema_params(opt_state):
 
 class SpikeState(NamedTuple):
     inner: Any  # the wrapped optimiser's state
-    log_norm: jax.Array  # running mean of log(global gradient norm) over the steps taken
-    count: jax.Array  # steps taken (not skipped)
+    log_norm: jax.Array  # running mean of log(global gradient norm), each step's capped (see skip_spikes)
+    count: jax.Array  # steps seen
     skipped: jax.Array  # steps skipped
 
 
-SPIKE_WARMUP_STEPS = 100  # steps taken before any may be skipped: the running mean settles first
+SPIKE_WARMUP_STEPS = 100  # steps seen before any may be skipped: the running mean settles first
 
 
 def skip_spikes(
     inner: optax.GradientTransformation, factor: float, decay: float = 0.99, warmup: int = SPIKE_WARMUP_STEPS
 ) -> optax.GradientTransformation:
     """`inner`, except that a step whose global gradient norm exceeds `factor` times the running
-    geometric mean of the norms of the steps taken so far (an exponential moving average of the log
-    norm, `decay`) is skipped: zero update, and `inner`'s state (moments, EMA, schedule count) left as
-    it was. No step is skipped before `warmup` steps were taken."""
+    geometric mean of the norms (an exponential moving average of the log norm, `decay`) is skipped:
+    zero update, and `inner`'s state (moments, EMA, schedule count) left as it was. No step is skipped
+    before `warmup` steps were seen.
+
+    Every step moves the mean, a spike by at most log(factor): so a lone spike barely shifts it, and a
+    lasting rise of the norm (they grow several-fold early in training) is followed within a few
+    hundred steps instead of being skipped for ever. (A mean of the steps taken only, the first form
+    of this, froze once the norm had risen past the factor: every later step was skipped.)"""
     log_factor = float(jnp.log(factor))
 
     def init(params):
@@ -140,13 +145,9 @@ def skip_spikes(
         updates, inner_state = inner.update(grads, state.inner, params)
         updates = jax.tree.map(lambda u: jnp.where(spike, jnp.zeros_like(u), u), updates)
         inner_state = jax.tree.map(lambda new, old: jnp.where(spike, old, new), inner_state, state.inner)
-        mean = jnp.where(state.count == 0, log_norm, decay * state.log_norm + (1 - decay) * log_norm)
-        return updates, SpikeState(
-            inner_state,
-            jnp.where(spike, state.log_norm, mean),
-            state.count + jnp.where(spike, 0, 1),
-            state.skipped + jnp.where(spike, 1, 0),
-        )
+        capped = jnp.minimum(log_norm, state.log_norm + log_factor)
+        mean = jnp.where(state.count == 0, log_norm, decay * state.log_norm + (1 - decay) * capped)
+        return updates, SpikeState(inner_state, mean, state.count + 1, state.skipped + jnp.where(spike, 1, 0))
 
     return optax.GradientTransformation(init, update)
 

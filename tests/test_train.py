@@ -411,10 +411,10 @@ def test_a_gradient_spike_is_skipped_whole_and_the_steps_around_it_are_not():
     assert all(float(jnp.abs(u).max()) == 0.0 for u in jax.tree.leaves(updates))
     for a, b in zip(jax.tree.leaves(state.inner), jax.tree.leaves(before_inner), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert int(state.skipped) == 1 and int(state.count) == 3
+    assert int(state.skipped) == 1 and int(state.count) == 4
     mild = {"w": jnp.asarray([3.0, 4.0])}  # norm 5 < 10 x 1: taken
     updates, state = tx.update(mild, state, params)
-    assert float(jnp.abs(updates["w"]).max()) > 0 and int(state.skipped) == 1 and int(state.count) == 4
+    assert float(jnp.abs(updates["w"]).max()) > 0 and int(state.skipped) == 1 and int(state.count) == 5
     assert optim.ema_params(state) is not None  # the EMA inside is still found
     # Without the wrapper the spike would have moved the parameters.
     plain_updates, _ = inner.update(spike, before_inner, before_params)
@@ -429,3 +429,18 @@ def test_no_step_is_skipped_before_the_warm_up():
         updates, state = tx.update({"w": jnp.asarray([g])}, state, params)
         assert float(updates["w"][0]) == pytest.approx(-0.1 * g)
     assert int(state.skipped) == 0 and int(state.count) == 4
+
+
+def test_a_lasting_rise_of_the_gradient_norm_is_followed_not_skipped_for_ever():
+    """Gradient norms grow several-fold early in training. The running mean must follow a lasting rise:
+    a few steps are skipped, then the new level is taken (the first form skipped every later step)."""
+    tx = optim.skip_spikes(optax.sgd(0.1), factor=5.0, decay=0.9, warmup=3)
+    params = {"w": jnp.asarray([0.0])}
+    state = tx.init(params)
+    taken = []
+    for g in [1.0] * 5 + [50.0] * 100:  # the norm rises 50-fold and stays there
+        updates, state = tx.update({"w": jnp.asarray([g])}, state, params)
+        taken.append(float(updates["w"][0]) != 0.0)
+    assert not all(taken[5:10])  # the rise itself is skipped at first
+    assert all(taken[-50:])  # then followed
+    assert 0 < int(state.skipped) < 50
