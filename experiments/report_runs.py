@@ -35,6 +35,7 @@ class Run:
     config: dict
     rows: list[dict]
     sessions: list[dict]
+    superseded: str = ""  # the workdir's SUPERSEDED file: why its code's results no longer stand for the preset
 
     @property
     def diverged(self) -> bool:
@@ -48,6 +49,9 @@ class Run:
         return np.asarray([r["epoch"] for r in self.rows], np.float64)
 
 
+SUPERSEDED = "SUPERSEDED"  # a file in a committed run's folder: one line on why its code no longer stands
+
+
 def load_runs(workdir: Path) -> list[Run]:
     """The runs of one workdir (one, or a sweep's members); ValueError naming what is missing."""
     info_path = workdir / workdir_lib.RUN_JSON
@@ -56,12 +60,24 @@ def load_runs(workdir: Path) -> list[Run]:
     info = json.loads(info_path.read_text())
     config = ml_collections.ConfigDict(info["config"])
     members = sweep.expand(config) if config.sweep else [("", config)]
+    marker = workdir / SUPERSEDED
+    superseded = marker.read_text().strip() if marker.exists() else ""
     runs = []
     for member, member_config in members:
         rows = metrics.read_rows((workdir / "runs" / member if member else workdir) / "metrics.jsonl")
         if rows:
             name = f"{workdir.name}/{member}" if member else workdir.name
-            runs.append(Run(name, info["experiment"], info["preset"], member_config.to_dict(), rows, info["sessions"]))
+            runs.append(
+                Run(
+                    name,
+                    info["experiment"],
+                    info["preset"],
+                    member_config.to_dict(),
+                    rows,
+                    info["sessions"],
+                    superseded,
+                )
+            )
     if not runs:
         raise ValueError(f"{workdir} has no evaluations in metrics.jsonl yet")
     return runs
@@ -113,6 +129,8 @@ class Group:
         predates = sorted(preset_fields - set(self.first.config))
         if predates:
             name += f" [run before {', '.join(predates)} existed]"
+        if self.first.superseded:  # kept on the page, set apart from the current code's runs
+            name += f" [superseded: {self.first.superseded}]"
         changed = overrides(self.first)
         changed.pop("dataset", None)
         changed.pop("num_train_steps", None)
@@ -199,7 +217,12 @@ def group_runs(runs: list[Run]) -> list[Group]:
     groups: dict[str, Group] = {}
     for run in runs:
         key = json.dumps(
-            [run.experiment, run.preset, {k: v for k, v in run.config.items() if k not in _BOOKKEEPING | {"seed"}}],
+            [
+                run.experiment,
+                run.preset,
+                run.superseded,
+                {k: v for k, v in run.config.items() if k not in _BOOKKEEPING | {"seed"}},
+            ],  # fmt: skip
             sort_keys=True,
             default=list,
         )

@@ -179,3 +179,18 @@ def test_a_run_with_a_validation_split_shows_its_validation_accuracy(idx_dir, tm
     assert "| final validation accuracy, each seed |" in md
     value = metrics.read_rows(tmp_path / "val" / "metrics.jsonl")[-1]["validation_accuracy"]
     assert f"| {value:.4f} |" in md
+
+
+@pytest.mark.slow
+def test_a_superseded_run_stays_on_the_page_set_apart_from_its_twin(runs, tmp_path):
+    import shutil
+
+    from experiments.report_runs import SUPERSEDED
+
+    shutil.copytree(runs / "s1_seed0", tmp_path / "current")
+    shutil.copytree(runs / "s1_seed0", tmp_path / "old")
+    (tmp_path / "old" / SUPERSEDED).write_text("the first form of an option, since fixed\n")
+    md = report.write_report([tmp_path / "current", tmp_path / "old"], tmp_path / "out")
+    rows = [line for line in md.splitlines() if line.startswith("| keras_default_init (S1)")]
+    assert len(rows) == 2  # not grouped as two seeds of one configuration
+    assert sum("[superseded: the first form of an option, since fixed]" in r for r in rows) == 1
