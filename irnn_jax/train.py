@@ -40,6 +40,10 @@ def validate_config(config) -> None:
         if not ok:
             problems.append(msg)
 
+    def need_int(field, low, note=""):
+        v = c.get(field)
+        need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}{note}, got {v!r}")
+
     datasets, tasks = input_pipeline.DATASETS, input_pipeline.TASKS
     need(c.dataset in datasets, f"dataset must be one of {datasets}, got {c.dataset!r}")
     need(c.task in tasks, f"task must be one of {tasks}, got {c.task!r}")
@@ -59,10 +63,7 @@ def validate_config(config) -> None:
     )
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")
-    need(
-        isinstance(c.warmup_steps, int) and c.warmup_steps >= 0,
-        f"warmup_steps must be an integer >= 0, got {c.warmup_steps!r}",
-    )
+    need_int("warmup_steps", 0)
     need(
         math.isfinite(c.input_std) and c.input_std > 0 and math.isfinite(c.input_mean),
         f"input_std must be > 0 and input_mean finite, got {c.input_std!r}, {c.input_mean!r}",
@@ -80,8 +81,7 @@ def validate_config(config) -> None:
         "steps_per_call",
         "max_checkpoints_to_keep",
     ):
-        v = c[field]
-        need(isinstance(v, int) and v >= 1, f"{field} must be an integer >= 1, got {v!r}")
+        need_int(field, 1)
     need(
         all(isinstance(s, int) and s >= 1 for s in c.head_sizes),
         f"head_sizes must be positive integers, got {c.head_sizes!r}",
@@ -93,14 +93,8 @@ def validate_config(config) -> None:
     )
     need(math.isfinite(c.recurrent_gain), f"recurrent_gain must be finite, got {c.recurrent_gain!r}")
     need(c.input_init_std > 0, f"input_init_std must be > 0, got {c.input_init_std!r}")
-    need(
-        isinstance(c.num_train_steps, int) and c.num_train_steps >= 0,
-        f"num_train_steps must be an integer >= 0 (0: use num_epochs), got {c.num_train_steps!r}",
-    )
-    need(
-        isinstance(c.num_epochs, int) and c.num_epochs >= 1,
-        f"num_epochs must be an integer >= 1 (num_train_steps > 0 overrides it), got {c.num_epochs!r}",
-    )
+    need_int("num_train_steps", 0, " (0: use num_epochs)")
+    need_int("num_epochs", 1, " (num_train_steps > 0 overrides it)")
     need(
         isinstance(c.checkpoint_every_seconds, (int, float))
         and math.isfinite(c.checkpoint_every_seconds)
@@ -127,26 +121,16 @@ def validate_config(config) -> None:
         math.isfinite(c.ema_decay) and 0 <= c.ema_decay < 1,
         f"ema_decay must be in [0, 1) (0: evaluate the weights themselves), got {c.ema_decay!r}",
     )
-    need(
-        isinstance(c.validation_size, int) and c.validation_size >= 0,
-        f"validation_size must be an integer >= 0 (0: no validation split), got {c.validation_size!r}",
-    )
-    need(
-        isinstance(c.validation_seed, int) and c.validation_seed >= 0,
-        f"validation_seed must be an integer >= 0, got {c.validation_seed!r}",
-    )
-    need(
-        isinstance(c.eval_offset, int) and c.eval_offset >= 0,
-        f"eval_offset must be an integer >= 0, got {c.eval_offset!r}",
-    )
+    need_int("validation_size", 0, " (0: no validation split)")
+    need_int("validation_seed", 0)
+    need_int("eval_offset", 0)
     need(
         (c.dataset == "adding") == (c.task == "adding"),
         f"task 'adding' goes with dataset 'adding' only, got dataset {c.dataset!r} and task {c.task!r}",
     )
     if c.dataset == "adding":
         for field, low in (("sequence_length", 2), ("num_train_examples", 1), ("num_test_examples", 1)):
-            v = c.get(field)
-            need(isinstance(v, int) and v >= low, f"{field} must be an integer >= {low}, got {v!r}")
+            need_int(field, low)
     if "earlier_passes" in c:  # S3's replay (row_mnist tanh50_dense30_as_logged)
         need(c.earlier_passes in (1, 2, 3), f"earlier_passes must be 1, 2 or 3, got {c.earlier_passes!r}")
     if c.sweep:
