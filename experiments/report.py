@@ -35,7 +35,7 @@ from experiments.report_runs import (
 )
 from irnn_jax import data, train
 
-__all__ = ["Run", "group_runs", "load_runs", "section_of", "write_report"]
+__all__ = ["Run", "group_runs", "load_all", "load_runs", "section_of", "write_report"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = ROOT / "docs" / "results" / "runs"
@@ -191,9 +191,10 @@ amplify over many steps; another device count (`--cpu_devices`) sums the batch i
 """
 
 
-def write_report(workdirs: list[Path], out: Path) -> str:
-    """Writes results.md, summary.md and one PNG per section; returns the page's Markdown."""
-    groups = group_runs([run for w in workdirs for run in load_runs(Path(w))])
+def write_report(runs: list[Run], out: Path) -> str:
+    """Writes results.md, summary.md and one PNG per section of `runs` (`load_all`); returns the
+    page's Markdown."""
+    groups = group_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     sections: dict[str, list[Group]] = {}
     for g in groups:
@@ -283,8 +284,9 @@ def fields_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_blocks(workdirs: list[Path] | None = None) -> dict[str, str]:
-    runs = [run for w in (workdirs if workdirs is not None else _run_dirs()) for run in load_runs(Path(w))]
+def readme_blocks(runs: list[Run] | None = None) -> dict[str, str]:
+    """The README's generated blocks; the results block of `runs` (default: every committed run)."""
+    runs = load_all() if runs is None else runs
     return {"presets": preset_table(), "fields": fields_table(), "results": summary(group_runs(runs))}
 
 
@@ -298,26 +300,28 @@ def rewrite_blocks(text: str, blocks: dict[str, str]) -> str:
     return text
 
 
-def _run_dirs() -> list[Path]:
-    """The committed runs; one that has no evaluation yet (a run just started) is left out, with a note."""
-    dirs = []
+def load_all(workdirs: list[Path] | None = None) -> list[Run]:
+    """The runs of `workdirs` (ValueError for one that is not a run with evaluations); None: every run
+    committed under docs/results/runs/, leaving out with a note one with no evaluation yet (a run just
+    started)."""
+    if workdirs is not None:
+        return [run for w in workdirs for run in load_runs(Path(w))]
+    runs = []
     for p in sorted(p for p in RUNS_DIR.iterdir() if p.is_dir()):
         try:
-            load_runs(p)
+            runs += load_runs(p)
         except ValueError as e:
             print(f"note: left out {p.name}: {e}", file=sys.stderr)
-            continue
-        dirs.append(p)
-    return dirs
+    return runs
 
 
 def main(argv):
-    workdirs = [Path(a) for a in argv[1:]] or _run_dirs()
     try:
-        md = write_report(workdirs, Path(_OUT.value))
+        runs = load_all([Path(a) for a in argv[1:]] or None)
+        md = write_report(runs, Path(_OUT.value))
         if _README.value:
             readme = Path(_README.value)
-            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(workdirs)))
+            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(runs)))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

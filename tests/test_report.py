@@ -29,7 +29,7 @@ def runs(idx_dir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_seeds_of_one_configuration_are_grouped_across_workdirs_and_sweeps(runs, tmp_path):
-    md = report.write_report(sorted(p for p in runs.iterdir()), tmp_path)
+    md = report.write_report(report.load_all(sorted(p for p in runs.iterdir())), tmp_path)
     s1 = next(line for line in md.splitlines() if line.startswith("| keras_default_init (S1) + "))
     finals = [
         metrics.read_rows(path)[-1]["test_accuracy"]
@@ -175,7 +175,7 @@ def test_printed_commands_are_portable():
 def test_a_run_with_a_validation_split_shows_its_validation_accuracy(idx_dir, tmp_path):
     c = tiny_config(idx_dir, "irnn_fast", validation_size=30, num_train_steps=4, eval_every_steps=4)
     loop.train_and_evaluate(c, tmp_path / "val", experiment="pixel_mnist", command="cmd")
-    md = report.write_report([tmp_path / "val"], tmp_path / "out")
+    md = report.write_report(report.load_all([tmp_path / "val"]), tmp_path / "out")
     assert "| final validation accuracy, each seed |" in md
     value = metrics.read_rows(tmp_path / "val" / "metrics.jsonl")[-1]["validation_accuracy"]
     assert f"| {value:.4f} |" in md
@@ -190,7 +190,7 @@ def test_a_superseded_run_stays_on_the_page_set_apart_from_its_twin(runs, tmp_pa
     shutil.copytree(runs / "s1_seed0", tmp_path / "current")
     shutil.copytree(runs / "s1_seed0", tmp_path / "old")
     (tmp_path / "old" / SUPERSEDED).write_text("the first form of an option, since fixed\n")
-    md = report.write_report([tmp_path / "current", tmp_path / "old"], tmp_path / "out")
+    md = report.write_report(report.load_all([tmp_path / "current", tmp_path / "old"]), tmp_path / "out")
     rows = [line for line in md.splitlines() if line.startswith("| keras_default_init (S1)")]
     assert len(rows) == 2  # not grouped as two seeds of one configuration
     assert sum("[superseded: the first form of an option, since fixed]" in r for r in rows) == 1
