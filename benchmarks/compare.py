@@ -37,9 +37,11 @@ REQUIREMENTS = {"jax": ("jax", "flax"), "keras": ("keras", "tensorflow"), "torch
 FLOP_NOTE = "forward + backward = 3 x forward: 784 x (2x100x100 + 2x100) x 3"
 
 
-def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS) -> int:
-    """Forward + backward FLOP of one sequence through the recurrence (the dense head is negligible)."""
-    return 3 * seq_len * (2 * hidden * hidden + 2 * hidden * inputs)
+def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS, cell: str = "irnn") -> int:
+    """Forward + backward FLOP of one sequence through the recurrence's matmuls (the dense head and
+    the elementwise work are left out); an LSTM's kernels are 4 gates wide."""
+    gates = 4 if cell == "lstm" else 1
+    return 3 * seq_len * gates * (2 * hidden * hidden + 2 * hidden * inputs)
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class Options:
     repeats: int = 5
     warmup: int = 2
     recurrence: Sequence[str] = ()  # JAX config.recurrence values; empty: the config's default
+    cell: str = "irnn"  # JAX only: config.cell ("lstm": the same step with the Keras LSTM)
     cpu_devices: Sequence[int] = (0,)  # JAX: CPU device counts, as --cpu_devices (0: one per core)
     hidden: int = 100
     matmul_size: int = 2048
@@ -114,6 +117,8 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
         raise ValueError("batch sizes and steps must be positive integers")
     if not options.cpu_devices or min(options.cpu_devices) < 0:
         raise ValueError("cpu_devices must be integers >= 0 (0: one per core)")
+    if options.cell != "irnn" and set(options.frameworks) != {"jax"}:
+        raise ValueError(f"cell {options.cell!r} is timed for JAX only; add --frameworks=jax")
     notes, skipped = [], []
     frameworks = []
     for fw in options.frameworks:
@@ -148,6 +153,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
                     "batch": batch,
                     "hidden": options.hidden,
                     "recurrence": recurrence,
+                    "cell": options.cell,
                     "cpu_devices": cpu_devices,
                     "warmup": options.warmup,
                     "steps": steps,
@@ -162,10 +168,11 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
                 rows.append(row)
                 log(f"  {err}" if err else f"  {row['ms_per_step']:.1f} ms/step on {row['device']}")
 
-    flop = flop_per_sample(options.hidden)
+    flop = flop_per_sample(options.hidden, cell=options.cell)
     _add_derived(rows, peaks, flop)
     return {
-        "task": f"pixel-MNIST IRNN training step: {SEQ_LEN} steps x {INPUTS} value, hidden {options.hidden}, "
+        "task": f"pixel-MNIST {options.cell.upper()} training step: {SEQ_LEN} steps x {INPUTS} value, "
+        f"hidden {options.hidden}, "
         "Dense 10, softmax cross-entropy, RMSprop lr 1e-6, global-norm clip 1.0",
         "flop_per_sample": flop,
         "flop_note": FLOP_NOTE,
@@ -276,6 +283,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 5, "Repetitions; the median is report
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first (the first compiles).", lower_bound=1)
 _RECURRENCE = flags.DEFINE_list("recurrence", "", "JAX config.recurrence values to time, e.g. scan,fused.")
 _CPU_DEVICES = flags.DEFINE_list("cpu_devices", "0", "JAX CPU device counts to time, as --cpu_devices (0: per core).")
+_CELL = flags.DEFINE_enum("cell", "irnn", ["irnn", "lstm"], "JAX only: the cell (lstm: 4 gates, 41,810 parameters).")
 _HIDDEN = flags.DEFINE_integer("hidden", 100, "Hidden units (smaller only for quick checks).", lower_bound=1)
 _MATMUL_SIZE = flags.DEFINE_integer("matmul_size", 2048, "Side of the square matmul for the FLOP/s peak.")
 _TORCH_THREADS = flags.DEFINE_integer(
@@ -298,6 +306,7 @@ def main(argv):
             warmup=_WARMUP.value,
             recurrence=tuple(_RECURRENCE.value),
             cpu_devices=tuple(int(d) for d in _CPU_DEVICES.value),
+            cell=_CELL.value,
             hidden=_HIDDEN.value,
             matmul_size=_MATMUL_SIZE.value,
             torch_threads=_TORCH_THREADS.value,

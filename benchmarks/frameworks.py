@@ -80,6 +80,7 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
     mark_baseline()
     config = pixel_mnist.get_config("keras")
     config.batch_size, config.hidden_size = spec["batch"], spec["hidden"]
+    config.cell = spec.get("cell", "irnn")
     if spec["recurrence"]:
         config.recurrence = spec["recurrence"]
     split = data.Split(*synthetic_batch(spec["batch"]))  # a training set of one batch: each step takes all of it

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from irnn_jax import recurrence
+from irnn_jax import model, recurrence
 
 T, C, H, K = 784, 1, 100, 10
 
@@ -156,6 +156,32 @@ def backward_forms(batch_sizes, reps: int) -> None:
         )
 
 
+def lstm_table(batch_sizes, reps: int) -> None:
+    """The LSTM's training gradient (the model as the command line builds it, softmax cross-entropy,
+    value_and_grad w.r.t. all parameters), "scan" (`nn.scan` of the cell) beside "fused"."""
+    print(f"\nLSTM({H}), {T} steps: value_and_grad, median (min) ms")
+    print(f"{'batch':>6} {'scan':>16} {'fused':>16} {'scan / fused':>13}")
+    for batch in batch_sizes:
+        _, x_BxTxC, labels_B = make_inputs(batch)
+        calls = {}
+        for name in ("scan", "fused"):
+            net = model.SequenceClassifier(num_outputs=K, cell="lstm", hidden_size=H, recurrence=name)
+            params = net.init(jax.random.key(0), x_BxTxC[:1])["params"]
+
+            def loss(params, x_BxTxC, labels_B, net=net):
+                logits_BxK = net.apply({"params": params}, x_BxTxC)
+                return optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B).mean()
+
+            calls[name] = functools.partial(jax.jit(jax.value_and_grad(loss)), params, x_BxTxC, labels_B)
+        times = time_ms(calls, reps)
+        (scan_med, scan_min), (fused_med, fused_min) = times["scan"], times["fused"]
+        print(
+            f"{batch:>6} {scan_med:>8.1f} ({scan_min:>5.1f}) {fused_med:>8.1f} ({fused_min:>5.1f}) "
+            f"{scan_min / fused_min:>12.2f}x",
+            flush=True,
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     global T, H
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -166,10 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile_batches", default="16,512", help="batch sizes to --profile (per device)")
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     parser.add_argument("--backward_batches", default="16,64,128,256,512", help="batch sizes for --backward")
+    parser.add_argument("--lstm", action="store_true", help="only: the LSTM's scan and fused, side by side")
     parser.add_argument("--seq_len", type=int, default=T, help="time steps (smaller only for quick checks)")
     parser.add_argument("--hidden", type=int, default=H, help="hidden units (smaller only for quick checks)")
     args = parser.parse_args(argv)
     T, H = args.seq_len, args.hidden
+    if args.lstm:
+        lstm_table([int(b) for b in args.batch_sizes.split(",")], args.reps)
+        return
     if args.backward:
         backward_forms([int(b) for b in args.backward_batches.split(",")], args.reps)
         return

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from irnn_jax import lstm as lstm_lib
 from irnn_jax import recurrence as recurrence_lib
 
 CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
@@ -103,19 +104,35 @@ def _keras_lstm_bias(features: int) -> Initializer:
     return init
 
 
-class LSTMCell(nn.Module):
-    """Keras `LSTM` cell: gates i, f, c, o from one fused kernel of width 4H."""
+class LSTMParams(nn.Module):
+    """The parameters of the Keras `LSTM` cell: gates i, f, c, o from one kernel of width 4H.
+
+    Used by the scanned cell and on its own by the fused recurrence (`irnn_jax/lstm.py`): same
+    names, shapes and initial values, so checkpoints do not depend on the recurrence."""
 
     features: int
+
+    def lstm_params(self, input_width: int) -> dict:
+        h4 = 4 * self.features
+        return {
+            "kernel": self.param("kernel", glorot_uniform, (input_width, h4)),
+            "recurrent_kernel": self.param("recurrent_kernel", orthogonal, (self.features, h4)),
+            "bias": self.param("bias", _keras_lstm_bias(self.features), (h4,)),
+        }
+
+    @nn.compact
+    def __call__(self, input_width: int) -> dict:
+        return self.lstm_params(input_width)
+
+
+class LSTMCell(LSTMParams):
+    """Keras `LSTM` cell, one time step."""
 
     @nn.compact
     def __call__(self, carry: tuple[jax.Array, jax.Array], x_BxC: jax.Array):
         c_BxH, h_BxH = carry
-        h4 = 4 * self.features
-        w_in = self.param("kernel", glorot_uniform, (x_BxC.shape[-1], h4))
-        w_rec = self.param("recurrent_kernel", orthogonal, (self.features, h4))
-        b = self.param("bias", _keras_lstm_bias(self.features), (h4,))
-        z_Bx4H = x_BxC @ w_in + h_BxH @ w_rec + b
+        p = self.lstm_params(x_BxC.shape[-1])
+        z_Bx4H = x_BxC @ p["kernel"] + h_BxH @ p["recurrent_kernel"] + p["bias"]
         i, f, g, o = jnp.split(z_Bx4H, 4, axis=-1)
         c_BxH = nn.sigmoid(f) * c_BxH + nn.sigmoid(i) * jnp.tanh(g)
         h_BxH = nn.sigmoid(o) * jnp.tanh(c_BxH)
@@ -161,7 +178,7 @@ class SequenceClassifier(nn.Module):
     input_init_std: float = 0.001
     head_sizes: Sequence[int] = ()
     head_activation: str = "sigmoid"
-    recurrence: str = "scan"  # "scan" (nn.scan, the reference) or an irnn_jax.recurrence option
+    recurrence: str = "scan"  # "scan" (nn.scan, the reference), or "fused" / "pallas" (recurrence.supports)
 
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
@@ -173,6 +190,9 @@ class SequenceClassifier(nn.Module):
             carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
             carry, _ = scan(**kwargs)(carry, x_BxTxC)
             y = cell_cls.output(carry)
+        elif self.cell == "lstm":
+            params = LSTMParams(**kwargs)(x_BxTxC.shape[-1])
+            y = lstm_lib.final_state(self.recurrence, params, x_BxTxC)
         else:
             params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
             y = recurrence_lib.final_state(self.recurrence, params, x_BxTxC, kwargs["activation"])

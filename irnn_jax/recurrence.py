@@ -35,14 +35,9 @@ ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
 def supports(recurrence: str, cell: str) -> bool:
-    """Whether `recurrence` can run `cell`: "scan" runs any cell; "fused" and "pallas" simple RNNs only."""
-    return recurrence == "scan" or cell != "lstm"
-
-
-def fastest_for(cell: str) -> str:
-    """The recurrence the presets use for `cell`: "fused" where it applies (the fastest measured on
-    CPU for these long simple RNNs, `benchmarks/README.md`), else the "scan" reference."""
-    return "fused" if supports("fused", cell) else "scan"
+    """Whether `recurrence` can run `cell`: "scan" and "fused" run any cell (the LSTM's "fused" is
+    `irnn_jax/lstm.py`); "pallas" the simple RNNs only."""
+    return recurrence != "pallas" or cell != "lstm"
 
 
 def activation_fn(name: str):

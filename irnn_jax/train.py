@@ -58,8 +58,7 @@ def validate_config(config) -> None:
     need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
     need(
         recurrence.supports(c.recurrence, c.cell),
-        f"recurrence {c.recurrence!r} cannot run cell {c.cell!r}; "
-        f"set recurrence to {recurrence.fastest_for(c.cell)!r} for it",
+        f"recurrence {c.recurrence!r} cannot run cell {c.cell!r}; set recurrence to 'fused' for it",
     )
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")

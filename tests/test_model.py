@@ -59,6 +59,8 @@ def test_scan_matches_the_recurrence_written_out(cell, act):
     [
         ("fused", "irnn", 784),
         ("fused", "rnn_tanh", 28),
+        ("fused", "lstm", 784),
+        ("fused", "lstm", 28),
         pytest.param("pallas", "irnn", 30, marks=pytest.mark.slow),  # interpret mode on CPU
         pytest.param("pallas", "rnn_relu", 30, marks=pytest.mark.slow),
     ],
@@ -86,7 +88,7 @@ def test_every_recurrence_gives_the_reference_loss_and_gradients(recurrence, cel
     assert float(jnp.abs(g["rnn"]["recurrent_kernel"]).max()) > 0  # the gradient reaches the recurrence
 
 
-def test_fast_recurrences_refuse_the_lstm():
-    m = model.SequenceClassifier(num_outputs=2, cell="lstm", hidden_size=4, recurrence="fused")
+def test_pallas_refuses_the_lstm():
+    m = model.SequenceClassifier(num_outputs=2, cell="lstm", hidden_size=4, recurrence="pallas")
     with pytest.raises(ValueError, match="supports the simple RNN cells"):
         m.init(jax.random.key(0), jnp.zeros((1, 3, 1)))
