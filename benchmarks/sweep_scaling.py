@@ -3,7 +3,7 @@
     python -m benchmarks.sweep_scaling [--runs=1,8,32] [--batch_size=32] [--steps=10]
 
 Times the same jitted chunk of `steps_per_call` steps the training loop runs
-(`irnn_jax.loop`), vmapped over R runs that differ in seed, on random pixels,
+(`irnn_jax.loop`), over R runs that differ in seed (`sweep.over_runs`), on random pixels,
 after one warm-up call; median of --repeats calls. The CPU is split into
 devices as the command line does (--cpu_devices; 0: one per core, as many as
 divide the batch and every sweep size): one run splits its batch over them,

@@ -72,19 +72,23 @@ class Setup:
         return parallel.put((idx, mask), (sharding, sharding))
 
 
-def compile_steps(config, apply_fn, mesh, is_sweep: bool):
+def compile_steps(config, apply_fn, mesh, is_sweep: bool, num_runs: int = 1):
     """jitted (train_chunk, eval_step, reset of the metric sums) as the loop runs them.
 
     A single run splits its batch over the mesh's devices when it divides (data parallelism);
-    a sweep shards its run axis instead and leaves each run's batch whole."""
+    a sweep of `num_runs` runs shards its run axis instead, each device stepping its own runs,
+    and leaves each run's batch whole."""
     loss_fn = train.make_loss_fn(config)
     train_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.batch_size)
     eval_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.eval_batch_size)
     chunk = functools.partial(train.train_chunk, loss_fn=loss_fn, mesh=train_mesh)
     evaluate = functools.partial(train.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)
     if is_sweep:  # one more leading axis: runs (state, indices), shared data
-        chunk = jax.vmap(chunk, in_axes=(0, None, 1, 1))
-        evaluate = jax.vmap(evaluate, in_axes=(0, None, None, None))
+        on_cpu = mesh.devices.flat[0].platform == "cpu"
+        chunk = sweep_lib.over_runs(chunk, in_axes=(0, None, 1, 1), sequential=on_cpu)
+        if mesh.size > 1 and num_runs % mesh.size == 0:  # put_state shards the run axis then
+            chunk = parallel.map_over_run_shards(chunk, mesh, in_axes=(0, None, 1, 1))
+        evaluate = sweep_lib.over_runs(evaluate, in_axes=(0, None, None, None), sequential=on_cpu)
     reset = train.reset_sums
     return (
         jax.jit(chunk, donate_argnums=0),
@@ -115,7 +119,7 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
         state = train.create_state(config, num_steps)
     mesh = parallel.make_mesh()
     state = parallel.put_state(state, mesh, is_sweep)
-    chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, is_sweep)
+    chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, is_sweep, len(runs))
     return Setup(
         config=config, run_names=[n for n, _ in runs], run_configs=run_configs, is_sweep=is_sweep,
         dataset=dataset, task=input_pipeline.task_info(config), num_steps=num_steps,

@@ -1,0 +1,174 @@
+"""The IRNN training step against the sequential work it cannot avoid, side by side in one process.
+
+    python -m benchmarks.step_ratio                        # batch 32 and 256, one device per core
+    python -m benchmarks.step_ratio --cpu_devices=1        # the whole batch on one device
+    python -m benchmarks.step_ratio --batch_sizes=32 --repeats=9 --json_out=ratio.json
+
+A training step of the pixel-MNIST IRNN (the `keras` preset, as `experiments.pixel_mnist` runs it:
+the CPU split into devices, the batch divided among them, `steps` optimiser steps per jitted call)
+has to run three dependent chains of 784 small matmuls: the forward h_t = relu(x_t w + h_{t-1} W),
+the backward dz_t W^T, and the weight-gradient sum over the same (T, B, H) rows, about as much
+arithmetic again. The floor is one bare forward chain, timed here at the batch each device sees, in
+a jitted `lax.scan` on one device: 784 x relu(h @ W + x_t w + b), nothing kept. Reported is
+
+    ratio = training step (ms) / (3 x bare chain (ms))
+
+1.0 would be a step that does nothing but its three chains at the rate the core runs one. The two
+are measured in alternation (one repetition of each, then the next), each the best of
+`--repeats`, so a burst of load from elsewhere on a shared machine hits both.
+"""
+
+import json
+import os
+import platform
+import time
+
+from absl import app, flags
+
+_BATCH_SIZES = flags.DEFINE_list("batch_sizes", "32,256", "Global batch sizes to time.")
+_CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "As the command line's --cpu_devices (0: one per core).")
+_STEPS = flags.DEFINE_list("steps", "25,10", "Optimiser steps per jitted call, per batch size (the last repeats).")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Repetitions of each; the best is reported.", lower_bound=1)
+_CHAIN_CALLS = flags.DEFINE_integer("chain_calls", 5, "Chain calls per repetition (its time is their mean).")
+_RECURRENCE = flags.DEFINE_string("recurrence", "fused", "config.recurrence of the training step.")
+_JSON_OUT = flags.DEFINE_string("json_out", "", "Write the rows as JSON here.")
+
+T = 784  # pixel-MNIST sequence length
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def chain_fn(batch: int, hidden: int, device):
+    """A zero-argument call running the bare forward chain at `batch` on `device`."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    w_HxH = np.eye(hidden, dtype=np.float32) + rng.normal(0, 0.01, (hidden, hidden)).astype(np.float32)
+    w_in_H = rng.normal(0, 0.001, hidden).astype(np.float32)
+    b_H = np.zeros(hidden, np.float32)
+    x_TxBx1 = rng.uniform(0, 1, (T, batch, 1)).astype(np.float32)
+    args = jax.device_put((w_HxH, w_in_H, b_H, x_TxBx1), device)
+
+    @jax.jit
+    def chain(w_HxH, w_in_H, b_H, x_TxBx1):
+        step = lambda h_BxH, x_Bx1: (jax.nn.relu(h_BxH @ w_HxH + x_Bx1 * w_in_H + b_H), None)  # noqa: E731
+        return jax.lax.scan(step, jnp.zeros((batch, hidden), jnp.float32), x_TxBx1)[0]
+
+    return lambda: chain(*args)
+
+
+def train_fn(batch: int, steps: int, recurrence: str):
+    """A zero-argument call running `steps` training steps as the command line does; and the devices."""
+    import jax
+
+    from benchmarks.frameworks import synthetic_batch
+    from experiments.configs import pixel_mnist
+    from irnn_jax import data, loop
+
+    config = pixel_mnist.get_config("keras")
+    config.batch_size, config.recurrence = batch, recurrence
+    split = data.Split(*synthetic_batch(batch))  # a training set of one batch: each step takes all of it
+    s = loop.setup(config, dataset=data.Dataset("synthetic", split, split, source="synthetic"))
+    idx, mask = s.train_indices(0, steps)
+    holder = [s.state]
+
+    def call():
+        holder[0] = s.chunk_fn(holder[0], s.train_data, idx, mask)  # the state is donated: keep the newest
+        return holder[0]
+
+    return call, s.mesh.size, config.hidden_size
+
+
+def best_ms(call, calls: int = 1) -> float:
+    import jax
+
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = call()
+    jax.block_until_ready(out)
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str) -> dict:
+    import jax
+
+    train, devices, hidden = train_fn(batch, steps, recurrence)
+    per_device = batch // devices
+    chain = chain_fn(per_device, hidden, jax.devices()[0])
+    for _ in range(2):  # compile and warm up
+        best_ms(train)
+        best_ms(chain)
+    step_ms, chain_ms = [], []
+    for _ in range(repeats):
+        step_ms.append(best_ms(train) / steps)
+        chain_ms.append(best_ms(chain, chain_calls))
+    step, bare = min(step_ms), min(chain_ms)
+    flop = 2 * T * per_device * hidden * hidden
+    return {
+        "batch": batch,
+        "devices": devices,
+        "per_device_batch": per_device,
+        "recurrence": recurrence,
+        "step_ms": step,
+        "chain_ms": bare,
+        "ratio_to_3_chains": step / (3 * bare),
+        "chain_gflops": flop / bare / 1e6,
+        "samples_per_s": 1e3 * batch / step,
+        "step_ms_all": step_ms,
+        "chain_ms_all": chain_ms,
+    }
+
+
+def format_rows(rows: list[dict]) -> str:
+    head = (
+        "| batch | devices x per-device batch | step ms | bare chain ms | step / 3 chains | chain GFLOP/s | samples/s |"
+    )
+    lines = [head, "|" + "---|" * 7]
+    for r in rows:
+        lines.append(
+            f"| {r['batch']} | {r['devices']} x {r['per_device_batch']} | {r['step_ms']:.2f} | {r['chain_ms']:.2f} "
+            f"| {r['ratio_to_3_chains']:.2f}x | {r['chain_gflops']:.1f} | {r['samples_per_s']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    batches = [int(b) for b in _BATCH_SIZES.value]
+    steps = [int(s) for s in _STEPS.value]
+    if min(batches + steps) < 1:
+        raise app.UsageError("batch sizes and steps must be positive")
+    from irnn_jax import parallel
+
+    n = parallel.use_cpu_devices(_CPU_DEVICES.value, batches[0])
+    for b in batches:
+        if n and b % n:
+            raise app.UsageError(f"batch {b} does not split over {n} devices; give sizes divisible by {n}")
+    import jax
+
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    rows = [
+        measure(b, steps[min(i, len(steps) - 1)], _REPEATS.value, _CHAIN_CALLS.value, _RECURRENCE.value)
+        for i, b in enumerate(batches)
+    ]
+    print(f"jax {jax.__version__}; {cpu_model()}, {os.cpu_count()} cores; load average before {load}")
+    print(format_rows(rows))
+    if _JSON_OUT.value:
+        with open(_JSON_OUT.value, "w") as f:
+            json.dump({"machine": cpu_model(), "jax": jax.__version__, "load_before": load, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)
