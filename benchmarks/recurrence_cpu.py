@@ -3,6 +3,7 @@
     python -m benchmarks.recurrence_cpu              # the table: scan, and fused per unroll
     python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 16 and 512
     python -m benchmarks.recurrence_cpu --backward   # only: fused's two backward forms, batch 16 to 512
+    python -m benchmarks.recurrence_cpu --lstm       # only: the LSTM's scan and fused gradients, side by side
 
 The step is value_and_grad of softmax cross-entropy of a Dense(10) head on h_T (hidden 100, T = 784,
 C = 1), w.r.t. all parameters, jitted; reported is the median of `--reps` timed calls after two

@@ -70,7 +70,6 @@ def chain_fn(batch: int, hidden: int, device):
 
 def train_fn(batch: int, steps: int, recurrence: str):
     """A zero-argument call running `steps` training steps as the command line does; and the devices."""
-    import jax
 
     from benchmarks.frameworks import synthetic_batch
     from experiments.configs import pixel_mnist

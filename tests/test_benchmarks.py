@@ -66,6 +66,42 @@ def test_recurrence_cpu_backward_forms(capsys):
     assert "B=2 " in out and "B=4 " in out and "inside the loop" in out
 
 
+def test_recurrence_cpu_lstm(capsys):
+    recurrence_cpu.main(["--lstm", "--batch_sizes=2", *TINY])
+    out = capsys.readouterr().out
+    assert "LSTM(8), 12 steps" in out and "scan / fused" in out
+
+
+def test_lstm_flop_and_refusal():
+    assert compare.flop_per_sample(100, cell="lstm") == 4 * compare.flop_per_sample(100)
+    with pytest.raises(ValueError, match="timed for JAX only"):
+        compare.run(compare.Options(frameworks=("jax", "torch"), cell="lstm"), log=lambda s: None)
+
+
+def test_compare_times_the_lstm_step():
+    options = compare.Options(
+        frameworks=("jax",), batch_sizes=(2,), steps=(2,), repeats=1, warmup=1, hidden=8, matmul_size=64,
+        recurrence=("scan", "fused"), cpu_devices=(1,), cell="lstm",
+    )  # fmt: skip
+    report = compare.run(options, log=lambda s: None)
+    assert [r["variant"].split(",")[0] for r in report["rows"]] == ["recurrence=scan", "recurrence=fused"]
+    assert all("error" not in r and r["samples_per_s"] > 0 for r in report["rows"])
+    assert report["task"].startswith("pixel-MNIST LSTM training step")
+
+
+def test_step_ratio_command_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.step_ratio", "--batch_sizes=4", "--steps=2", "--repeats=1",
+         "--chain_calls=1", "--cpu_devices=2", f"--json_out={tmp_path / 'r.json'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert (row["batch"], row["devices"], row["per_device_batch"]) == (4, 2, 2)
+    assert row["ratio_to_3_chains"] == pytest.approx(row["step_ms"] / (3 * row["chain_ms"]))
+    assert "| 4 | 2 x 2 |" in out.stdout
+
+
 def test_sweep_scaling_command_line():
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.sweep_scaling", "--runs=1,2", "--batch_size=2", "--steps=1",
