@@ -13,11 +13,11 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from irnn_jax import checkpoint, data, loop, metrics, parallel, peers, sweep, train, workdir
+from irnn_jax import checkpoint, config_check, data, loop, metrics, parallel, peers, sweep, train, workdir
 
 # What a run can fail with that is the user's to fix: printed as one message, exit status 1.
 KNOWN_ERRORS = (
-    train.ConfigError,
+    config_check.ConfigError,
     data.DataError,
     workdir.WorkdirBusyError,
     checkpoint.CheckpointMismatchError,
@@ -108,7 +108,7 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         logging.info("config:\n%s", config)
         logging.info("workdir: %s", Path(workdir).resolve())
         try:
-            train.validate_config(config)
+            config_check.validate_config(config)
             share = len(sweep.expand(config)) if config.sweep else config.batch_size
             parallel.use_cpu_devices(cpu_devices_flag.value, share)  # before anything starts JAX's backends
             command = shlex.join(["python", "-m", f"experiments.{experiment}", *sys.argv[1:]])

@@ -19,7 +19,7 @@ from absl import logging
 from tqdm import tqdm
 
 from irnn_jax import checkpoint as ckpt_lib
-from irnn_jax import data, input_pipeline, optim, parallel, peers, train
+from irnn_jax import config_check, data, input_pipeline, optim, parallel, peers, train
 from irnn_jax import metrics as metrics_lib
 from irnn_jax import mirror as mirror_lib
 from irnn_jax import model as model_lib
@@ -102,7 +102,7 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     state and places state and data on one mesh over all devices, and compiles the steps. The one
     setup of the training loop, the benchmarks and the tests. Call after
     `parallel.maybe_initialize_distributed()` in a multi-process launch."""
-    train.validate_config(config)
+    config_check.validate_config(config)
     is_sweep = bool(config.sweep)
     runs = sweep_lib.expand(config) if is_sweep else [("", config)]
     run_configs = [c for _, c in runs]
@@ -111,7 +111,7 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     try:
         dataset = input_pipeline.hold_out(dataset, config.validation_size, config.validation_seed)
     except ValueError as e:
-        raise train.ConfigError(f"invalid config:\n  {e}") from e
+        raise config_check.ConfigError(f"invalid config:\n  {e}") from e
     num_steps = train.total_steps(config, len(dataset.train))
     if is_sweep:
         state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps))
@@ -203,13 +203,13 @@ def train_and_evaluate(
     `mirror`, a folder, keeps a portable copy of the run (`irnn_jax.mirror`): taken into the workdir
     first when it is newer, and rewritten after every checkpoint and when the run stops.
 
-    Raises train.ConfigError (bad config), data.DataError (data missing or corrupt),
+    Raises config_check.ConfigError (bad config), data.DataError (data missing or corrupt),
     workdir.WorkdirBusyError (another process runs in the workdir), checkpoint.CheckpointMismatchError
     (the workdir holds another run), checkpoint.CheckpointCorruptError (no usable checkpoint left),
     data.DataMismatchError (other data than the checkpoint's) and train.DivergenceError (non-finite
     loss; the last good state is saved first).
     """
-    train.validate_config(config)
+    config_check.validate_config(config)
     parallel.maybe_initialize_distributed()
     workdir = Path(workdir)
     main = parallel.is_main_process()

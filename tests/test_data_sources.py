@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist
-from irnn_jax import data, download, input_pipeline, loop
+from irnn_jax import config_check, data, download, input_pipeline, loop
 from tests.conftest import tiny_config, write_idx_dir
 
 # MNIST's published class counts.
@@ -90,12 +90,11 @@ def test_the_order_of_sources(shipped, tmp_path, monkeypatch):
 
 
 def test_data_dir_with_another_source_is_refused():
-    from irnn_jax import train
 
-    with pytest.raises(train.ConfigError, match="data_dir and data_source name two sources"):
-        train.validate_config(tiny_config("/some/dir", data_source="download"))
-    with pytest.raises(train.ConfigError, match="data_source must be one of"):
-        train.validate_config(tiny_config("", data_source="internet"))
+    with pytest.raises(config_check.ConfigError, match="data_dir and data_source name two sources"):
+        config_check.validate_config(tiny_config("/some/dir", data_source="download"))
+    with pytest.raises(config_check.ConfigError, match="data_source must be one of"):
+        config_check.validate_config(tiny_config("", data_source="internet"))
 
 
 def test_the_fingerprint_names_the_arrays_not_the_files(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from experiments.configs import adding, pixel_mnist, row_mnist
 from irnn_jax import adding as adding_data
-from irnn_jax import input_pipeline, loop, metrics, model, train
+from irnn_jax import config_check, input_pipeline, loop, metrics, model, train
 
 KERAS_PARAMS = {
     ("row_mnist", "keras_relu16"): 890,
@@ -41,7 +41,7 @@ def test_every_preset_is_counted():
 @pytest.mark.parametrize("experiment,preset", sorted(KERAS_PARAMS))
 def test_parameter_count_matches_keras(experiment, preset):
     config = MODULES[experiment].get_config(preset)
-    train.validate_config(config)
+    config_check.validate_config(config)
     # Shapes only (jax.eval_shape): the count needs no compiled initialisation.
     state = jax.eval_shape(lambda: train.create_state(config, num_steps=train.total_steps(config, 60_000)))
     assert model.count_params(state.params) == KERAS_PARAMS[(experiment, preset)]
@@ -152,11 +152,11 @@ def test_adding_trains_and_reports_mse(tmp_path):
 def test_adding_config_checks():
     c = adding.get_config("irnn_150")
     c.sequence_length = 1
-    with pytest.raises(train.ConfigError, match="sequence_length must be an integer >= 2"):
-        train.validate_config(c)
+    with pytest.raises(config_check.ConfigError, match="sequence_length must be an integer >= 2"):
+        config_check.validate_config(c)
     c = pixel_mnist.get_config("keras")
     c.task = "adding"
-    with pytest.raises(train.ConfigError, match="task 'adding' goes with dataset 'adding'"):
-        train.validate_config(c)
+    with pytest.raises(config_check.ConfigError, match="task 'adding' goes with dataset 'adding'"):
+        config_check.validate_config(c)
     with pytest.raises(ValueError, match="unknown preset"):
         adding.get_config("gru_150")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist
-from irnn_jax import loop, metrics, sweep, train
+from irnn_jax import config_check, loop, metrics, sweep
 from tests.conftest import SigtermAfterFirstRow, read_rows, tiny_config, train_steps, write_idx_dir
 
 SPEC = "seed=0,1 learning_rate=1e-4,1e-3 clip_norm=1,0"
@@ -27,7 +27,7 @@ def test_parse_and_expand(idx_dir):
     [("hidden_size=4,8", "not sweepable"), ("seed", "not FIELD="), ("seed=a", "seed"), ("seed=1 seed=2", "twice")],
 )
 def test_bad_specs_are_refused(idx_dir, spec, message, tmp_path):
-    with pytest.raises(train.ConfigError, match=message):
+    with pytest.raises(config_check.ConfigError, match=message):
         loop.train_and_evaluate(tiny_config(idx_dir, sweep=spec), tmp_path)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import adding
 from irnn_jax import adding as adding_task
-from irnn_jax import loop, metrics, optim, train
+from irnn_jax import config_check, loop, metrics, optim, train
 from tests.conftest import make_images, read_rows, tiny_config, train_steps, write_idx_dir
 
 
@@ -174,7 +174,7 @@ def test_next_due_is_the_next_step_should_run_fires_at(every, offset):
 def test_config_out_of_range_is_refused(idx_dir, field, value, message, tmp_path):
     c = tiny_config(idx_dir)
     c[field] = value
-    with pytest.raises(train.ConfigError, match=message):
+    with pytest.raises(config_check.ConfigError, match=message):
         loop.train_and_evaluate(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()  # refused before anything is written
 
@@ -353,8 +353,8 @@ def test_the_optimiser_options_off_leave_the_optimiser_state_as_it_was(idx_dir):
     ],  # fmt: skip
 )
 def test_optimiser_options_out_of_range_are_refused(idx_dir, field, value):
-    with pytest.raises(train.ConfigError, match=field):
-        train.validate_config(tiny_config(idx_dir, **{field: value}))
+    with pytest.raises(config_check.ConfigError, match=field):
+        config_check.validate_config(tiny_config(idx_dir, **{field: value}))
 
 
 def test_a_sweep_runs_with_the_optimiser_options(idx_dir, tmp_path):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist, row_mnist
-from irnn_jax import data, input_pipeline, loop, train
+from irnn_jax import config_check, data, input_pipeline, loop
 from tests.conftest import make_images, read_rows, tiny_config
 
 
@@ -42,9 +42,9 @@ def test_hold_out_leaves_at_least_one_training_example(size):
 
 def test_out_of_range_values_are_refused_before_anything_runs(idx_dir):
     for field, value in (("validation_size", -1), ("validation_seed", -3)):
-        with pytest.raises(train.ConfigError, match=field):
-            train.validate_config(tiny_config(idx_dir, **{field: value}))
-    with pytest.raises(train.ConfigError, match="validation_size must be below the 96 training examples"):
+        with pytest.raises(config_check.ConfigError, match=field):
+            config_check.validate_config(tiny_config(idx_dir, **{field: value}))
+    with pytest.raises(config_check.ConfigError, match="validation_size must be below the 96 training examples"):
         loop.setup(tiny_config(idx_dir, validation_size=96))
 
 
