@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
     c.head_sizes = ()  # dense layers between the last state and the logits
     c.head_activation = "sigmoid"  # activation of the head_sizes layers
-    c.recurrence = "scan"  # scan (nn.scan, any cell), fused (custom VJP) or pallas (GPU); equal to f32 tolerance
+    c.recurrence = "scan"  # scan (nn.scan) or fused (custom VJP), any cell; pallas (GPU), simple RNNs; same to f32
 
     # Optimiser.
     c.optimizer = "rmsprop"  # rmsprop, adam (both with Keras constants) or sgd
