@@ -22,7 +22,10 @@ EXPERIMENTS = {"pixel_mnist": pixel_mnist, "row_mnist": row_mnist, "adding": add
 SOURCE_IDS = {"keras": "S0", "keras_900": "S0", "keras_default_init": "S1", "keras_relu16": "S2"}
 SOURCE_IDS.update({"tanh50_dense30": "S3", "tanh50": "S4", "tanh50_dense30_as_logged": "S3"})
 # Config fields that say nothing about what was trained: left out of a configuration's identity.
-_BOOKKEEPING = checkpoint.RESUMABLE_FIELDS - {"num_epochs", "num_train_steps", "recurrence"} | {"name", "sweep"}
+# The recurrence among them: every option gives the same results to float32 rounding
+# (tests/test_presets_recurrence.py), so a preset's runs before and after a change of its default
+# recurrence stay one configuration; the printed command still names the one a run used.
+_BOOKKEEPING = checkpoint.RESUMABLE_FIELDS - {"num_epochs", "num_train_steps"} | {"name", "sweep"}
 
 
 @dataclasses.dataclass
@@ -83,10 +86,13 @@ def load_runs(workdir: Path) -> list[Run]:
     return runs
 
 
-def overrides(run: Run) -> dict:
-    """What the run changed from its preset, bookkeeping and the seed aside."""
+def overrides(run: Run, with_recurrence: bool = False) -> dict:
+    """What the run changed from its preset, bookkeeping and the seed aside (and the recurrence,
+    unless `with_recurrence`: the command that reproduces a run names it)."""
     preset = EXPERIMENTS[run.experiment].get_config(run.preset).to_dict()
     skip = _BOOKKEEPING | {"seed"}
+    if with_recurrence:
+        skip = skip - {"recurrence"}
     return {k: v for k, v in run.config.items() if k not in skip and checkpoint.as_json(preset.get(k)) != v}
 
 
@@ -178,7 +184,8 @@ class Group:
         out = []
         for run in self.runs:
             command = portable_command(run.sessions[0]["command"], run.config.get("dataset"))
-            missing = [f"--config.{k}={v}" for k, v in overrides(run).items() if f"--config.{k}=" not in command]
+            changed = overrides(run, with_recurrence=True)
+            missing = [f"--config.{k}={v}" for k, v in changed.items() if f"--config.{k}=" not in command]
             command = " ".join([command, *missing])
             if command not in out:
                 out.append(command)

@@ -120,6 +120,19 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
     assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
+def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():
+    """The recurrence changes no result beyond float32 rounding: seeds run with "scan" and with the
+    preset's "fused" are one configuration, and each printed command reproduces its own run."""
+    scan_run = _budget_run("budget_lstm", 0, 0.40, recurrence="scan")
+    fused_run = _budget_run("budget_lstm", 1, 0.30)
+    (group,) = report.group_runs([scan_run, fused_run])
+    assert report.overrides(scan_run) == {} and report.overrides(scan_run, with_recurrence=True) == {
+        "recurrence": "scan"
+    }
+    assert group.commands() == ["cmd budget_lstm --config.recurrence=scan", "cmd budget_lstm"]
+    assert "0.3500 ± 0.0707" in report.budget_table([group])
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="no run.json"):
         report.load_runs(tmp_path)
