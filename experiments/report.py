@@ -45,6 +45,8 @@ _README = flags.DEFINE_string("readme", "README.md", "README whose generated blo
 
 SECTION_TITLES = {
     "pixel_mnist_mnist": "Pixel-by-pixel MNIST (real digits)",
+    "cells20": "The paper's comparison of cells at 20 epochs, a learning rate for each (cells20_* presets)",
+    "lrsweep": "A learning rate for each cell, chosen on a validation split (lrsweep_* sweeps)",
     "budget": "The paper's comparison of cells: early learning speed at one budget (budget_* presets)",
     "search": "irnn_fast search: short runs of the paper's IRNN with other training recipes (real pixel MNIST)",
     "row_mnist_mnist": "Row-by-row MNIST (real digits)",
@@ -128,16 +130,25 @@ def logged_curve_table(groups: list[Group]) -> str:
     return md
 
 
-def budget_table(groups: list[Group]) -> str:
-    """The budget runs as the paper lays out its comparison: a row per cell, pixel and permuted side by side."""
-    cells = {pixel_mnist.cell_and_task(g.first.preset, "budget"): g for g in groups if not overrides(g.first)}
+def budget_table(groups: list[Group], family: str = "budget") -> str:
+    """The runs of a comparison of cells (`budget_*` or `cells20_*` presets) as the paper lays out its
+    comparison: a row per cell, pixel and permuted side by side."""
+    cells = {pixel_mnist.cell_and_task(g.first.preset, family): g for g in groups if not overrides(g.first)}
     cells.pop(None, None)
     if not cells:
         return ""
     any_group = next(iter(cells.values()))
+    if family == "budget":
+        head = f"Early learning speed, not where each cell ends: each cell trained for the same {any_group.steps()} "
+        head += (
+            "steps with one recipe, final test accuracy over seeds, beside the paper's figure at its own full length:"
+        )
+    else:
+        head = f"Each cell trained for {any_group.steps()} steps with the budget recipe at its own learning rate "
+        head += "(in brackets, chosen on validation), final test accuracy over seeds, beside the paper's figure at its "
+        head += "own full length:"
     lines = [
-        f"Early learning speed, not where each cell ends: each cell trained for the same {any_group.steps()} "
-        "steps with one recipe, final test accuracy over seeds, beside the paper's figure at its own full length:\n",
+        head + "\n",
         "| cell | pixel: ours | pixel: paper | permuted: ours | permuted: paper |",
         "|---|---|---|---|---|",
     ]
@@ -145,10 +156,69 @@ def budget_table(groups: list[Group]) -> str:
         row = [cell]
         for order in ("pixel", "permuted"):
             g = cells.get((cell, order))
-            preset = f"budget_{cell}{'_permuted' if order == 'permuted' else ''}"
-            row += [g.ours() if g else "not yet run", pixel_mnist.REPORTED[preset]["text"]]
+            preset = f"{family}_{cell}{'_permuted' if order == 'permuted' else ''}"
+            ours = g.ours() if g else "not yet run"
+            if g and family != "budget":
+                ours += f" [lr {g.first.config['learning_rate']:g}]"
+            row += [ours, pixel_mnist.REPORTED[preset]["text"]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def chosen_learning_rates(groups: list[Group]) -> dict[tuple[str, str], float]:
+    """(cell, order) -> the learning rate of the sweep's configuration with the highest final validation
+    accuracy (mean over its seeds), among those of the budget family where no run diverged. The test
+    set plays no part."""
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for g in groups:
+        key = pixel_mnist.cell_and_task(g.first.preset, "budget")
+        values = [run.rows[-1].get("validation_accuracy") for run in g.runs]
+        if key is None or g.diverged() or None in values:
+            continue
+        score = float(np.mean(values))
+        if key not in best or score > best[key][0]:
+            best[key] = (score, g.first.config["learning_rate"])
+    return {key: lr for key, (_, lr) in best.items()}
+
+
+def lrsweep_table(groups: list[Group]) -> str:
+    """The learning-rate sweeps: a row per cell and order, final validation accuracy per learning rate,
+    and the one chosen."""
+    by_key: dict[tuple[str, str], dict[float, Group]] = {}
+    for g in groups:
+        key = pixel_mnist.cell_and_task(g.first.preset, "budget")
+        if key is not None:
+            by_key.setdefault(key, {})[g.first.config["learning_rate"]] = g
+    if not by_key:
+        return ""
+    rates = sorted({lr for sweep in by_key.values() for lr in sweep})
+    chosen = chosen_learning_rates(groups)
+    steps = next(iter(next(iter(by_key.values())).values())).steps()
+    lines = [
+        f"Each cell and pixel order trained at each learning rate for {steps} steps on the training set less "
+        "a held-out validation split; the figure is the final validation accuracy (mean over seeds), and the "
+        "rate chosen is the one with the highest (bold). The test set plays no part in the choice.\n",
+        "| cell | order | " + " | ".join(f"lr {lr:g}" for lr in rates) + " | chosen |",
+        "|---" * (3 + len(rates)) + "|",
+    ]
+    for cell in pixel_mnist.PAPER_CELLS:
+        for order in ("pixel", "permuted"):
+            sweep = by_key.get((cell, order))
+            if sweep is None:
+                continue
+            row = [cell, order]
+            for lr in rates:
+                g = sweep.get(lr)
+                if g is None:
+                    row.append("not run")
+                    continue
+                value = float(np.mean([run.rows[-1].get("validation_accuracy", np.nan) for run in g.runs]))
+                text = "diverged" if g.diverged() else f"{value:.4f}"
+                row.append(f"**{text}**" if chosen.get((cell, order)) == lr else text)
+            lr = chosen.get((cell, order))
+            row.append(f"{lr:g}" if lr is not None else "none (all diverged)")
+            lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n\n"
 
 
 def ink_note() -> str:
@@ -205,6 +275,10 @@ def write_report(runs: list[Run], out: Path) -> str:
         md += f"\n## {title}\n\n"
         if key == "budget":
             md += budget_table(sections[key]) + ink_note() + "\n"
+        if key == "cells20":
+            md += budget_table(sections[key], "cells20") + "\n"
+        if key == "lrsweep":
+            md += lrsweep_table(sections[key])
         md += section_table(sections[key]) + logged_curve_table(sections[key])
         report_plots.plot(sections[key], title, out / f"{key}.png")
         md += f"\n![{title}]({key}.png)\n"
@@ -218,7 +292,8 @@ def summary(groups: list[Group]) -> str:
     """The README's short table: one row per configuration (the search aside; the budget comparison as a
     table of its own), commands in a list below."""
     budget = [g for g in groups if section_of(g) == "budget"]
-    groups = [g for g in groups if section_of(g) not in ("search", "budget")]
+    cells20 = [g for g in groups if section_of(g) == "cells20"]
+    groups = [g for g in groups if section_of(g) not in ("search", "budget", "lrsweep", "cells20")]
     lines = [
         "| experiment | reported | ours (mean ± std over seeds) | seeds | steps | wall time |",
         "|---|---|---|---|---|---|",
@@ -230,7 +305,11 @@ def summary(groups: list[Group]) -> str:
     md = "\n".join(lines) + "\n"
     if budget:
         md += "\nThe paper's comparison of cells at one budget (`budget_*` presets). " + budget_table(budget)
-    return md + "\nCommands:\n\n" + command_list(groups + budget)
+    if cells20:
+        md += "\nThe paper's comparison of cells at 20 epochs (`cells20_*` presets). " + budget_table(
+            cells20, "cells20"
+        )
+    return md + "\nCommands:\n\n" + command_list(groups + budget + cells20)
 
 
 # ------------------------------------------------------------------------ the README's blocks
@@ -260,7 +339,9 @@ def preset_table() -> str:
     lines = ["| experiment | preset | what it is | batch | length | reported |", "|---|---|---|---|---|---|"]
     for experiment, module in EXPERIMENTS.items():
         for names, description in preset_entries(module):
-            first = re.match(r"[a-z0-9_]+", names).group(0)
+            first = next((n for n in re.findall(r"[a-z0-9_]+", names) if n in module.PRESETS), None)
+            if first is None:  # an entry whose presets do not exist yet (cells20_*: before their sweeps)
+                continue
             c = module.get_config(first)
             steps = train.total_steps(c, c.get("num_train_examples", 60_000))
             length = f"{steps:,} steps" + (f" ({c.num_epochs} epochs)" if not c.num_train_steps else "")

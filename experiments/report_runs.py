@@ -99,11 +99,11 @@ def overrides(run: Run, with_recurrence: bool = False) -> dict:
 def planned_steps(run: Run) -> int:
     """The length the run asked for: its own num_epochs and batch size, with the preset's step cap
     (a run cut short by --config.num_train_steps is set against the preset's length), on the
-    preset's data (MNIST: 60,000 images)."""
+    preset's data (MNIST: 60,000 images) less the run's validation split."""
     preset = EXPERIMENTS[run.experiment].get_config(run.preset)
     asked = ml_collections.ConfigDict(run.config)
     asked.num_train_steps = preset.num_train_steps
-    return train.total_steps(asked, preset.get("num_train_examples", 60_000))
+    return train.total_steps(asked, preset.get("num_train_examples", 60_000) - run.config.get("validation_size", 0))
 
 
 @dataclasses.dataclass
@@ -240,12 +240,16 @@ def group_runs(runs: list[Run]) -> list[Group]:
 def section_of(group: Group) -> str:
     if group.first.name.startswith("search_"):
         return "search"
+    if group.first.name.startswith("lrsweep_"):
+        return "lrsweep"
     if (
         group.first.experiment == "pixel_mnist"
         and group.first.config["dataset"] == "mnist"
         and pixel_mnist.cell_and_task(group.first.preset, "budget")
     ):
         return "budget"
+    if group.first.experiment == "pixel_mnist" and pixel_mnist.cell_and_task(group.first.preset, "cells20"):
+        return "cells20"
     if group.first.experiment == "adding":
         return "adding"
     dataset = group.first.config["dataset"]

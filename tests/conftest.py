@@ -1,6 +1,8 @@
 """Shared fixtures: small IDX datasets written by the tests, tiny configs, helpers."""
 
+import atexit
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -18,7 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository: where `python -
 
 # One persistent XLA compilation cache for the whole session, subprocesses included (they inherit the
 # environment): the tests compile the same few programs dozens of times. Set before JAX starts.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="irnn-jax-test-xla-cache-"))
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache_dir = tempfile.mkdtemp(prefix="irnn-jax-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)  # ours: gone with the session
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 

@@ -99,6 +99,7 @@ def test_step_ratio_command_line(tmp_path):
     (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert (row["batch"], row["devices"], row["per_device_batch"]) == (4, 2, 2)
     assert row["ratio_to_3_chains"] == pytest.approx(row["step_ms"] / (3 * row["chain_ms"]))
+    assert row["ratio_to_3_chains_all_devices"] == pytest.approx(row["step_ms"] / (3 * row["chain_all_devices_ms"]))
     assert "| 4 | 2 x 2 |" in out.stdout
 
 

@@ -24,6 +24,10 @@ KERAS_PARAMS = {
     **{("pixel_mnist", f"budget_{c}{s}"): 11_210 for c in ("irnn", "rnn_relu", "rnn_tanh") for s in ("", "_permuted")},
     ("pixel_mnist", "budget_lstm"): 41_810,
     ("pixel_mnist", "budget_lstm_permuted"): 41_810,
+    **{
+        ("pixel_mnist", f"cells20_{c}{'_permuted' if o == 'permuted' else ''}"): 41_810 if c == "lstm" else 11_210
+        for c, o in pixel_mnist.CELLS20_LR
+    },  # fmt: skip
     # irnn_fast changes the recipe only: the paper's 11,210 parameters.
     ("pixel_mnist", "irnn_fast"): 11_210,
     ("pixel_mnist", "irnn_fast_permuted"): 11_210,
@@ -116,6 +120,18 @@ def test_budget_presets_differ_only_in_the_cell_and_the_order():
     }
     for c in configs.values():
         assert {k: c[k] for k in recipe} == recipe
+
+
+def test_cells20_presets_are_the_budget_recipe_ten_times_longer_at_their_own_learning_rate():
+    for (cell, task), lr in pixel_mnist.CELLS20_LR.items():
+        preset = f"cells20_{cell}{'_permuted' if task == 'permuted' else ''}"
+        long, short = pixel_mnist.get_config(preset), pixel_mnist.get_config(preset.replace("cells20", "budget"))
+        assert (long.cell, long.task, long.learning_rate) == (cell, task, lr)
+        assert train.total_steps(long, 60_000) == 37_500 == 10 * train.total_steps(short, 60_000)
+        same = ("optimizer", "clip_norm", "batch_size", "input_mean", "input_std", "lr_schedule", "validation_size")
+        assert {k: long[k] for k in same} == {k: short[k] for k in same}
+    with pytest.raises(ValueError, match="unknown preset"):
+        pixel_mnist.get_config("cells20_gru")
 
 
 def test_adding_data():

@@ -120,6 +120,43 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
     assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
+def _sweep_run(preset, lr, validation, test, diverged=False):
+    config = checkpoint.as_json(
+        pixel_mnist.get_config(preset).to_dict() | {"learning_rate": lr, "validation_size": 5000}
+    )
+    last = {"step": 3_438, "validation_accuracy": validation, "test_accuracy": test}
+    first = {"step": 625, "validation_accuracy": 0.1, "test_accuracy": 0.1}
+    rows = [first, last | ({"diverged": True} if diverged else {})]
+    return report.Run(f"lrsweep_{preset}/{lr:g}", "pixel_mnist", preset, config, rows, [{"command": "c"}])
+
+
+def test_the_learning_rate_is_chosen_on_validation_never_on_test():
+    runs = [
+        _sweep_run("budget_irnn", 1e-4, validation=0.80, test=0.90),  # the best test accuracy: not chosen
+        _sweep_run("budget_irnn", 3e-4, validation=0.85, test=0.70),
+        _sweep_run("budget_irnn", 1e-3, validation=0.95, test=0.95, diverged=True),  # diverged: never chosen
+        _sweep_run("budget_lstm_permuted", 1e-3, validation=0.30, test=0.30),
+    ]
+    groups = report.group_runs(runs)
+    assert [report.section_of(g) for g in groups] == ["lrsweep"] * 4
+    assert report.chosen_learning_rates(groups) == {("irnn", "pixel"): 3e-4, ("lstm", "permuted"): 1e-3}
+    table = report.lrsweep_table(groups)
+    assert "| irnn | pixel | 0.8000 | **0.8500** | diverged | 0.0003 |" in table
+    assert "| lstm | permuted | not run | not run | **0.3000** | 0.001 |" in table
+    assert "3,438 steps" in table  # 2 epochs of 55,000 images: the run is complete, not "of 3,750"
+    assert "lrsweep" not in report.summary(groups)
+
+
+def test_the_cells20_presets_use_the_learning_rates_the_committed_sweeps_chose():
+    """Each finished sweep of docs/results/runs/lrsweep_* picks a learning rate on validation; the cells20
+    preset of that cell and order trains at it, and no cells20 preset exists without its sweep."""
+    runs = [run for d in sorted(report.RUNS_DIR.glob("lrsweep_*")) for run in report.load_runs(d)]
+    finished = [g for g in report.group_runs(runs) if "of" not in g.steps()]
+    assert pixel_mnist.CELLS20_LR == report.chosen_learning_rates(finished)
+    for cell, order in pixel_mnist.CELLS20_LR:
+        assert f"cells20_{cell}{'_permuted' if order == 'permuted' else ''}" in pixel_mnist.PRESETS
+
+
 def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():
     """The recurrence changes no result beyond float32 rounding: seeds run with "scan" and with the
     preset's "fused" are one configuration, and each printed command reproduces its own run."""
