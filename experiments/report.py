@@ -65,8 +65,8 @@ def section_table(groups: list[Group]) -> str:
     lines = [
         "| configuration | reported (source, at its own length) | ours: final test metric, mean ± std (min to max) "
         + ("| final validation accuracy, each seed " if with_validation else "")
-        + "| seeds | steps | wall time | sessions | data (train/test SHA-256) | code (git commit) |",
-        "|---" * (10 if with_validation else 9) + "|",
+        + "| seeds | steps | wall time | samples/s | sessions | data (train/test SHA-256) | code (git commit) |",
+        "|---" * (11 if with_validation else 10) + "|",
     ]
     for g in groups:
         validation = ""
@@ -75,6 +75,7 @@ def section_table(groups: list[Group]) -> str:
             validation = "| " + (", ".join(f"{v:.4f}" for v in values if v is not None) or "none") + " "
         lines.append(
             f"| {g.label} | {reported(g)} | {g.ours()} {validation}| {len(g.runs)} | {g.steps()} | {g.wall()} "
+            f"| {g.samples_per_second()} "
             f"| {g.sessions()} | {g.data()} | {g.commits()} |"
         )
     return "\n".join(lines) + "\n\nCommands (each run's first session):\n\n" + command_list(groups)
@@ -216,7 +217,8 @@ def lrsweep_table(groups: list[Group]) -> str:
                 text = "diverged" if g.diverged() else f"{value:.4f}"
                 row.append(f"**{text}**" if chosen.get((cell, order)) == lr else text)
             lr = chosen.get((cell, order))
-            row.append(f"{lr:g}" if lr is not None else "none (all diverged)")
+            edge = lr is not None and len(sweep) > 1 and lr in (min(sweep), max(sweep))
+            row.append("none (all diverged)" if lr is None else f"{lr:g}" + (" (the grid's edge)" if edge else ""))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n\n"
 

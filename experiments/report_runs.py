@@ -167,6 +167,20 @@ class Group:
         note = " (sweep: all seeds together)" if "/" in self.first.name else ""
         return fmt_time(float(np.nanmax(seconds))) + note
 
+    def samples_per_second(self) -> str:
+        """Training samples per second of wall time, over all sessions, evaluations included: the
+        runs' steps times the batch over their elapsed_seconds (a sweep's runs share one clock, so its
+        figure is for all of them together)."""
+        by_clock: dict[str, list[Run]] = {}
+        for run in self.runs:
+            by_clock.setdefault(run.name.split("/")[0], []).append(run)  # a sweep's members: one clock
+        rates = []
+        for runs in by_clock.values():
+            seconds = max(r.rows[-1].get("elapsed_seconds", math.nan) for r in runs)
+            samples = sum(r.rows[-1]["step"] * r.config["batch_size"] for r in runs)
+            rates.append(samples / seconds if seconds > 0 else math.nan)
+        return "?" if all(math.isnan(x) for x in rates) else f"{np.nanmax(rates):,.0f}"
+
     def commits(self) -> str:
         shas = []
         for run in self.runs:

@@ -142,15 +142,30 @@ def test_the_learning_rate_is_chosen_on_validation_never_on_test():
     assert report.chosen_learning_rates(groups) == {("irnn", "pixel"): 3e-4, ("lstm", "permuted"): 1e-3}
     table = report.lrsweep_table(groups)
     assert "| irnn | pixel | 0.8000 | **0.8500** | diverged | 0.0003 |" in table
-    assert "| lstm | permuted | not run | not run | **0.3000** | 0.001 |" in table
+    assert "| lstm | permuted | not run | not run | **0.3000** | 0.001 |" in table  # one rate: no edge to speak of
+    edge = report.lrsweep_table(report.group_runs(runs + [_sweep_run("budget_irnn", 1e-5, 0.1, 0.1)]))
+    assert "| 0.0003 |" in edge and "(the grid's edge)" not in edge  # 3e-4 lies inside 1e-5 ... 1e-3
+    assert "| 0.0003 (the grid's edge) |" in report.lrsweep_table(report.group_runs(runs[:2]))
     assert "3,438 steps" in table  # 2 epochs of 55,000 images: the run is complete, not "of 3,750"
     assert "lrsweep" not in report.summary(groups)
+
+
+def test_samples_per_second_counts_a_sweeps_runs_on_one_clock():
+    def run(name, steps, seconds, seed):
+        config = pixel_mnist.get_config("irnn_fast").to_dict() | {"seed": seed}  # batch 32
+        return report.Run(name, "pixel_mnist", "irnn_fast", config, [{"step": steps, "elapsed_seconds": seconds,
+                          "test_accuracy": 0.5}], [{"command": "c"}])  # fmt: skip
+
+    alone = report.group_runs([run("a", 1000, 10.0, 0), run("b", 1000, 20.0, 1)])[0]
+    assert alone.samples_per_second() == "3,200"  # the faster of two separate runs: 1000 * 32 / 10
+    swept = report.group_runs([run("s/000_seed=0", 1000, 20.0, 0), run("s/001_seed=1", 1000, 20.0, 1)])[0]
+    assert swept.samples_per_second() == "3,200"  # both runs' samples over the one clock they shared
 
 
 def test_the_cells20_presets_use_the_learning_rates_the_committed_sweeps_chose():
     """Each finished sweep of docs/results/runs/lrsweep_* picks a learning rate on validation; the cells20
     preset of that cell and order trains at it, and no cells20 preset exists without its sweep."""
-    runs = [run for d in sorted(report.RUNS_DIR.glob("lrsweep_*")) for run in report.load_runs(d)]
+    runs = [run for run in report.load_all() if run.name.startswith("lrsweep_")]
     finished = [g for g in report.group_runs(runs) if "of" not in g.steps()]
     assert pixel_mnist.CELLS20_LR == report.chosen_learning_rates(finished)
     for cell, order in pixel_mnist.CELLS20_LR:
