@@ -128,8 +128,9 @@ def profile(batch: int, unroll: int, reps: int) -> None:
 
 
 def backward_forms(batch_sizes, reps: int) -> None:
-    """The two backward forms of "fused": dz for all steps then one large weight-gradient matmul,
-    against the weight gradients summed inside the loop (recurrence.IN_LOOP_FROM_BATCH)."""
+    """Three backward forms of "fused": dz for all steps then one large weight-gradient matmul; the
+    weight gradients summed inside the loop step by step; and in blocks of `recurrence.block_steps`
+    steps, the form "fused" uses (recurrence.BLOCK_ROWS)."""
     rng = np.random.default_rng(0)
     print(f"\nfused backward at batch B (one device), {T} steps, hidden {H}: median (min) ms")
     for batch in batch_sizes:
@@ -144,15 +145,22 @@ def backward_forms(batch_sizes, reps: int) -> None:
             dz = recurrence._loop_backward(h_prev, h_last, dh, w, "relu", 1).reshape(-1, H)
             return h_prev.reshape(-1, H).T @ dz, x.reshape(-1, C).T @ dz, dz.sum(0)
 
-        def in_loop(x, h_prev, h_last, dh, w_in, w):
-            grads, _ = recurrence._loop_backward_accumulate(x, h_prev, h_last, dh, w_in, w, "relu", 1)
+        def in_blocks(x, h_prev, h_last, dh, w_in, w, block):
+            grads, _ = recurrence._loop_backward_blocked(x, h_prev, h_last, dh, w_in, w, "relu", block, 1)
             return grads
 
-        calls = {name: functools.partial(jax.jit(f), *args) for name, f in (("after", after_loop), ("in", in_loop))}
+        block = recurrence.block_steps(T, batch)
+        forms = (
+            ("after", after_loop),
+            ("in", functools.partial(in_blocks, block=1)),
+            ("blocks", functools.partial(in_blocks, block=block)),
+        )
+        calls = {name: functools.partial(jax.jit(f), *args) for name, f in forms}
         times = time_ms(calls, reps)
         print(
             f"  B={batch:<5} weight gradients after the loop {times['after'][0]:8.1f} ({times['after'][1]:7.1f})"
-            f"   inside the loop {times['in'][0]:8.1f} ({times['in'][1]:7.1f})",
+            f"   inside it step by step {times['in'][0]:8.1f} ({times['in'][1]:7.1f})"
+            f"   in blocks of {block} steps {times['blocks'][0]:8.1f} ({times['blocks'][1]:7.1f})",
             flush=True,
         )
 

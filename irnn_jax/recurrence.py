@@ -10,12 +10,13 @@ classifier reads; `params` holds `kernel` (C,H), `recurrent_kernel` (H,H), `bias
   batches (per device, below IN_LOOP_FROM_BATCH) the input projection is one (T*B, C) @ (C, H)
   matmul before the forward loop (bias added there); the forward loop carries h and saves
   h_0..h_{T-1} (time-major, nothing else); the backward loop carries dh (and h_t, to read
-  act'(z_t) off it) and emits dz_t = dh_t * act'(z_t); dW_rec, dW_in, db and dx are then single
-  large matmuls/sums over all T*B rows. At large batches those (T, B, H) temporaries no longer
-  fit in cache and streaming them through memory costs more than it saves, so the projection and
-  the weight-gradient sums move into the loops, one (B, H) slab per step while it is in cache.
-  On the 2-core CPU, in the training loop: 1.3x "scan" at batch 32, equal at 256 and 1024
-  (README, Performance). The pixel-MNIST and adding presets use it.
+  act'(z_t) off it) and computes dz_t = dh_t * act'(z_t), in blocks of K steps: after each block,
+  dW_rec, dW_in, db and dx take its K*B rows of dz in one matmul each while they are in cache
+  (`block_steps`: K*B about BLOCK_ROWS; at large batches K = 1, the sums step by step). At large
+  batches the forward's (T, B, H) input terms no longer fit in cache either, so the projection
+  moves into the forward loop (IN_LOOP_FROM_BATCH). On the 2-core CPU, in the training loop: 1.3x
+  "scan" at batch 32, equal at 256 and 1024 (README, Performance). The pixel-MNIST and adding
+  presets use it.
 * "pallas": the same custom_vjp with both loops as Pallas kernels (`irnn_jax/pallas_rnn.py`) that
   keep W_rec on chip for all T steps ("persistent RNN"). Interpret mode on CPU.
 
@@ -53,8 +54,9 @@ def activation_fn(name: str):
 # 2 devices took 16.3-17.0 ms with unroll 1 and 16.4-17.6 with unroll 2, so it stays 1.
 DEFAULT_UNROLL = 1
 
-# From this batch size (per device) "fused" projects the inputs and sums the weight gradients
-# inside its loops instead of with one large matmul before / after them. One CPU core
+# From this batch size (per device) "fused" projects the inputs inside its forward loop instead of with
+# one large matmul before it. Measured when the same switch also moved the weight gradients into the
+# backward loop (since replaced by the blocks of BLOCK_ROWS), on one CPU core
 # (`python -m benchmarks.recurrence_cpu --backward`), backward loop + weight gradients, ms:
 # batch 16: 10.4 after the loop, 16.1 inside; 64: 38.9, 38.9; 128: 87.4, 71.3; 256: 181, 155;
 # 512: 278, 200. The forward's hoisted projection writes and reads one more (T, B, H) array: at
@@ -62,9 +64,25 @@ DEFAULT_UNROLL = 1
 IN_LOOP_FROM_BATCH = 128
 
 
+# Rows (steps x batch) of one block of "fused"'s backward: the loop runs in blocks of K steps, and after
+# each block the weight gradients take that block's K*B rows in one matmul while its dz are in cache.
+# Backward loop + weight gradients on one CPU core (`python -m benchmarks.recurrence_cpu --backward`,
+# best of 15, ms, measured while a training run shared the core): batch 16 / 32 / 256, all T*B rows
+# in one matmul after the loop 18.9 / 41.5 / 374, step by step inside the loop 34.1 / 49.9 / 251,
+# in blocks of 28 / 16 / 4 steps 17.2 / 34.9 / 246.
+BLOCK_ROWS = 512
+
+
 def _in_loop(batch_size: int) -> bool:
-    """The large-batch form of "fused": input projection and weight gradients inside the loops."""
+    """The large-batch form of "fused"'s forward: the input projection inside the loop."""
     return batch_size >= IN_LOOP_FROM_BATCH
+
+
+def block_steps(seq_len: int, batch_size: int) -> int:
+    """K, the steps of one block of the backward: the largest divisor of the sequence length with
+    K * batch <= BLOCK_ROWS (1 at large batches: the sums step by step)."""
+    limit = max(1, BLOCK_ROWS // batch_size)
+    return max(k for k in range(1, min(seq_len, limit) + 1) if seq_len % k == 0)
 
 
 def act_grad_from_state(activation: str, h: jax.Array) -> jax.Array:
@@ -132,35 +150,42 @@ def _loop_backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, activation, unro
     return dz_TxBxH
 
 
-def _loop_backward_accumulate(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll):
-    """(grads, dx) with the weight and bias gradients summed inside the backward loop.
+def _loop_backward_blocked(x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, block, unroll):
+    """(grads, dx): the backward loop in blocks of `block` steps (a divisor of T), last block first.
 
-    The same sums as `_custom_bwd`'s matmuls after the loop, one (B, H) slab per step while it is
-    still in cache, and no (T, B, H) dz array. Slower than one large matmul at small batches (more
-    loop work per step), faster at large ones (no pass over two (T, B, H) arrays in memory); the
-    large-batch form, see IN_LOOP_FROM_BATCH."""
+    Within a block the loop is `_loop_backward`'s; after it, the block's K*B rows of dz go into the
+    weight and bias gradients and dx in one matmul each, while they are still in cache. The same sums
+    as one matmul over all T*B rows after the loop, in K*B-row pieces: no (T, B, H) dz array goes
+    through memory, and each matmul is large enough to run at the core's rate (block_steps)."""
+    t, b, h = h_prev_TxBxH.shape
+    c = x_TxBxC.shape[-1]
     w_rec_t_HxH, w_in_t_HxC = w_rec_HxH.T, w_in_CxH.T
-    h = w_rec_HxH.shape[0]
 
-    def step(carry, x_h_prev):
-        dh_BxH, h_BxH, d_w_in_CxH, d_w_rec_HxH, d_b_H = carry
-        x_BxC, h_prev_BxH = x_h_prev
+    def step(carry, h_prev_BxH):
+        dh_BxH, h_BxH = carry
         dz_BxH = dh_BxH * act_grad_from_state(activation, h_BxH)
+        # The very last iteration's dh_0 is unused (h_0 is a constant): one wasted matmul of T.
+        return (dz_BxH @ w_rec_t_HxH, h_prev_BxH), dz_BxH
+
+    def run_block(carry, x_h_prev):
+        dh_BxH, h_BxH, d_w_in_CxH, d_w_rec_HxH, d_b_H = carry
+        x_KxBxC, h_prev_KxBxH = x_h_prev
+        (dh_BxH, h_BxH), dz_KxBxH = jax.lax.scan(step, (dh_BxH, h_BxH), h_prev_KxBxH, reverse=True, unroll=unroll)
+        dz_NxH = dz_KxBxH.reshape(block * b, h)  # contiguous: a free reshape
         carry = (
-            dz_BxH @ w_rec_t_HxH,
-            h_prev_BxH,
-            d_w_in_CxH + x_BxC.T @ dz_BxH,
-            d_w_rec_HxH + h_prev_BxH.T @ dz_BxH,
-            d_b_H + dz_BxH.sum(axis=0),
+            dh_BxH,
+            h_BxH,
+            d_w_in_CxH + x_KxBxC.reshape(block * b, c).T @ dz_NxH,
+            d_w_rec_HxH + h_prev_KxBxH.reshape(block * b, h).T @ dz_NxH,
+            d_b_H + dz_NxH.sum(axis=0),
         )
-        return carry, dz_BxH @ w_in_t_HxC
+        return carry, dz_KxBxH @ w_in_t_HxC
 
     zeros = (jnp.zeros_like(w_in_CxH), jnp.zeros_like(w_rec_HxH), jnp.zeros((h,), w_rec_HxH.dtype))
-    carry, dx_TxBxC = jax.lax.scan(
-        step, (dh_BxH, h_last_BxH, *zeros), (x_TxBxC, h_prev_TxBxH), reverse=True, unroll=unroll
-    )
+    blocks = (x_TxBxC.reshape(t // block, block, b, c), h_prev_TxBxH.reshape(t // block, block, b, h))
+    carry, dx_NxKxBxC = jax.lax.scan(run_block, (dh_BxH, h_last_BxH, *zeros), blocks, reverse=True)
     grads = {"kernel": carry[2], "recurrent_kernel": carry[3], "bias": carry[4]}
-    return grads, jnp.swapaxes(dx_TxBxC, 0, 1)
+    return grads, jnp.swapaxes(dx_NxKxBxC.reshape(t, b, c), 0, 1)
 
 
 def _forward(recurrence, activation, unroll, params, x_BxTxC, keep_states):
@@ -194,9 +219,10 @@ def _custom_fwd(recurrence, activation, unroll, params, x_BxTxC):
 def _custom_bwd(recurrence, activation, unroll, residuals, dh_BxH):
     x_TxBxC, h_prev_TxBxH, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
     act_grad = functools.partial(act_grad_from_state, activation)
-    if recurrence == "fused" and _in_loop(dh_BxH.shape[0]):
-        return _loop_backward_accumulate(
-            x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, unroll
+    if recurrence == "fused":
+        block = block_steps(h_prev_TxBxH.shape[0], dh_BxH.shape[0])
+        return _loop_backward_blocked(
+            x_TxBxC, h_prev_TxBxH, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH, activation, block, unroll
         )
     if recurrence == "pallas":
         dz_TxBxH = pallas_rnn.backward(h_prev_TxBxH, h_last_BxH, dh_BxH, w_rec_HxH, act_grad)

@@ -90,6 +90,22 @@ def test_fused_large_batch_form_matches_scan(monkeypatch, activation, w_rec):
     check_against_scan("fused", activation, make_params(2, 5, w_rec, seed=2), x_BxTxC, rtol=1e-5)
 
 
+@pytest.mark.parametrize("block_rows,block", [(3, 1), (9, 3), (36, 12)])
+def test_fused_backward_in_blocks_matches_scan(monkeypatch, block_rows, block):
+    """The backward in blocks of 1 (the sums step by step), 3 and all 12 steps, at B = 3."""
+    monkeypatch.setattr(recurrence, "BLOCK_ROWS", block_rows)
+    assert recurrence.block_steps(12, 3) == block
+    x_BxTxC = jnp.asarray(np.random.default_rng(1).normal(size=(3, 12, 2)), jnp.float32)
+    check_against_scan("fused", "tanh", make_params(2, 5, "random", seed=2), x_BxTxC, rtol=1e-5)
+
+
+def test_block_steps_divide_the_sequence_and_fill_the_rows():
+    assert recurrence.block_steps(784, 16) == 28 and recurrence.block_steps(784, 32) == 16  # 448, 512 rows
+    assert recurrence.block_steps(150, 32) == 15 and recurrence.block_steps(784, 1024) == 1
+    assert recurrence.block_steps(13, 64) == 1  # a prime length longer than the 8 steps allowed: step by step
+    assert recurrence.block_steps(5, 2) == 5  # never more steps than the sequence has
+
+
 def test_fused_with_unroll_not_dividing_length():
     x_BxTxC = jnp.asarray(np.random.default_rng(5).normal(size=(2, 10, 1)), jnp.float32)
     check_against_scan("fused", "tanh", make_params(1, 4, "random", seed=6), x_BxTxC, rtol=1e-5, unroll=3)
