@@ -14,11 +14,11 @@ The cell (`model.LSTMCell`, Keras gate order i, f, c, o in one kernel of width 4
   here: an outer product that XLA fuses into the gates) and saves, per step, the four gate
   activations (B, 4H), the cell state the step starts from and the hidden state it starts from.
   The backward loop carries (dh, dc), rebuilds c_t = f c_{t-1} + i g from the saved values (the
-  forward's own arithmetic, so the same float), and emits dz_t (B, 4H); dW_rec, dW_in, db and dx
-  are then single matmuls / sums over all T*B rows. Per step, the loops do one (B, H) @ (H, 4H)
-  matmul forward and one (B, 4H) @ (4H, H) backward, against the several that JAX's autodiff of
-  the scan keeps and replays. The training step at batch 32 on 2 CPU devices: 79.7 ms against
-  95.6 for "scan" (docs/performance.md, The LSTM).
+  forward's own arithmetic, so the same float), and computes dz_t (B, 4H) in blocks of K steps
+  (`recurrence.block_steps`); after each block, dW_rec, dW_in, db and dx take its K*B rows in one
+  matmul each while they are in cache. Per step, the loops do one (B, H) @ (H, 4H) matmul forward
+  and one (B, 4H) @ (4H, H) backward, against the several that JAX's autodiff of the scan keeps
+  and replays. Timings: docs/performance.md, The LSTM.
 
 Only h_T is an output: the cotangent enters the backward loop at step T alone (no loss on the
 intermediate states; use "scan" for that).
@@ -26,6 +26,8 @@ intermediate states; use "scan" for that).
 
 import jax
 import jax.numpy as jnp
+
+from irnn_jax import recurrence
 
 RECURRENCES = ("scan", "fused")
 
@@ -83,8 +85,8 @@ def _forward(params, x_TxBxC, keep):
     return (h_last_BxH, saved) if keep else h_last_BxH
 
 
-def _backward(saved, dh_BxH, w_rec_Hx4H):
-    """dz_t (T, B, 4H), the gradient at each step's pre-activations, from dh_T = `dh_BxH`."""
+def _backward_step(w_rec_Hx4H):
+    """The backward loop's step: (dh_t, dc_t), saved_t -> (dh_{t-1}, dc_{t-1}), dz_t (B, 4H)."""
     w_rec_t_4HxH = w_rec_Hx4H.T
     h = w_rec_Hx4H.shape[0]
     s_4H = _gate_scale(h, w_rec_Hx4H.dtype)
@@ -104,8 +106,37 @@ def _backward(saved, dh_BxH, w_rec_Hx4H):
         # The last iteration's (dh_0, dc_0) are unused (the initial state is a constant).
         return (dz_Bx4H @ w_rec_t_4HxH, dc_BxH * f), dz_Bx4H
 
-    _, dz_TxBx4H = jax.lax.scan(step, (dh_BxH, jnp.zeros_like(dh_BxH)), saved, reverse=True)
-    return dz_TxBx4H
+    return step
+
+
+def _backward_blocked(x_TxBxC, saved, dh_BxH, w_in_Cx4H, w_rec_Hx4H, block):
+    """(grads, dx): the backward loop in blocks of `block` steps (a divisor of T), last block first;
+    after each block its K*B rows of dz go into the weight gradients and dx in one matmul each, while
+    they are in cache (as the simple RNN's, `recurrence._loop_backward_blocked`)."""
+    step = _backward_step(w_rec_Hx4H)
+    t, b, c = x_TxBxC.shape
+    h4 = w_rec_Hx4H.shape[1]
+
+    def run_block(carry, blk):
+        dh_BxH, dc_BxH, d_w_in_Cx4H, d_w_rec_Hx4H, d_b_4H = carry
+        x_KxBxC, saved_k = blk
+        (dh_BxH, dc_BxH), dz_KxBx4H = jax.lax.scan(step, (dh_BxH, dc_BxH), saved_k, reverse=True)
+        dz_Nx4H = dz_KxBx4H.reshape(block * b, h4)
+        carry = (
+            dh_BxH,
+            dc_BxH,
+            d_w_in_Cx4H + x_KxBxC.reshape(block * b, c).T @ dz_Nx4H,
+            d_w_rec_Hx4H + saved_k[2].reshape(block * b, -1).T @ dz_Nx4H,
+            d_b_4H + dz_Nx4H.sum(axis=0),
+        )
+        return carry, dz_KxBx4H @ w_in_Cx4H.T
+
+    in_blocks = lambda a: a.reshape(t // block, block, *a.shape[1:])  # noqa: E731
+    zeros = (jnp.zeros_like(w_in_Cx4H), jnp.zeros_like(w_rec_Hx4H), jnp.zeros((h4,), w_rec_Hx4H.dtype))
+    init = (dh_BxH, jnp.zeros_like(dh_BxH), *zeros)
+    carry, dx = jax.lax.scan(run_block, init, (in_blocks(x_TxBxC), jax.tree.map(in_blocks, saved)), reverse=True)
+    grads = {"kernel": carry[2], "recurrent_kernel": carry[3], "bias": carry[4]}
+    return grads, jnp.swapaxes(dx.reshape(t, b, c), 0, 1)
 
 
 @jax.custom_vjp
@@ -121,16 +152,8 @@ def _fused_fwd(params, x_BxTxC):
 
 def _fused_bwd(residuals, dh_BxH):
     x_TxBxC, saved, w_in_Cx4H, w_rec_Hx4H = residuals
-    dz_TxBx4H = _backward(saved, dh_BxH, w_rec_Hx4H)
-    t, b, h4 = dz_TxBx4H.shape
-    dz_Nx4H = dz_TxBx4H.reshape(t * b, h4)
-    h_prev_NxH = saved[2].reshape(t * b, -1)
-    grads = {
-        "kernel": x_TxBxC.reshape(t * b, -1).T @ dz_Nx4H,
-        "recurrent_kernel": h_prev_NxH.T @ dz_Nx4H,
-        "bias": dz_Nx4H.sum(axis=0),
-    }
-    return grads, jnp.swapaxes(dz_TxBx4H @ w_in_Cx4H.T, 0, 1)
+    block = recurrence.block_steps(x_TxBxC.shape[0], dh_BxH.shape[0])
+    return _backward_blocked(x_TxBxC, saved, dh_BxH, w_in_Cx4H, w_rec_Hx4H, block)
 
 
 _fused_final_state.defvjp(_fused_fwd, _fused_bwd)

@@ -1,8 +1,8 @@
 """The LSTM's "fused" recurrence (irnn_jax/lstm.py) equals its "scan" reference, and "scan" equals
 the model's scanned `LSTMCell`: values and gradients, to float32 tolerance.
 
-Tolerances as in tests/test_recurrence.py: the custom rule sums dW_rec over all T*B rows in one
-matmul and computes the sigmoid gates as tanh(z/2)/2 + 1/2, so entries agree to rounding, with
+Tolerances as in tests/test_recurrence.py: the custom rule sums dW_rec block by block in matmuls
+of K*B rows and computes the sigmoid gates as tanh(z/2)/2 + 1/2, so entries agree to rounding, with
 atol = rtol * max|reference|."""
 
 import jax
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irnn_jax import lstm, model
+from irnn_jax import lstm, model, recurrence
 
 
 def make_params(c: int, h: int, seed: int) -> dict:
@@ -52,6 +52,16 @@ def test_fused_gives_the_scan_reference_state_and_gradients(c, steps, rtol):
     assert min(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads)) > 1e-3  # every gradient is alive
     assert_close(got_h, want_h, rtol)
     assert_close(got_grads, want_grads, rtol)
+
+
+@pytest.mark.parametrize("block_rows,block", [(5, 1), (35, 7)])
+def test_fused_backward_in_blocks_of_any_size_gives_the_reference(monkeypatch, block_rows, block):
+    """At B = 5 the presets' rule takes 98, 75 and 28 steps a block above; here 1 and 7 of 28."""
+    monkeypatch.setattr(recurrence, "BLOCK_ROWS", block_rows)
+    assert recurrence.block_steps(28, 5) == block
+    params = make_params(3, 12, seed=5)
+    x = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (5, 28, 3)), jnp.float32)
+    assert_close(outputs("fused", params, x), outputs("scan", params, x), 1e-5)
 
 
 def test_a_wrong_gate_derivative_would_be_caught():
