@@ -39,6 +39,7 @@ class Run:
     rows: list[dict]
     sessions: list[dict]
     superseded: str = ""  # the workdir's SUPERSEDED file: why its code's results no longer stand for the preset
+    sweep_size: int = 1  # the runs trained together in its workdir's sweep, on one clock (1: not a sweep)
 
     @property
     def diverged(self) -> bool:
@@ -79,6 +80,7 @@ def load_runs(workdir: Path) -> list[Run]:
                     rows,
                     info["sessions"],
                     superseded,
+                    len(members),
                 )
             )
     if not runs:
@@ -164,20 +166,23 @@ class Group:
 
     def wall(self) -> str:
         seconds = [r.rows[-1].get("elapsed_seconds", math.nan) for r in self.runs]
-        note = " (sweep: all seeds together)" if "/" in self.first.name else ""
+        sizes = {r.sweep_size for r in self.runs}
+        note = f" (a sweep: its {'/'.join(map(str, sorted(sizes)))} runs together)" if sizes != {1} else ""
         return fmt_time(float(np.nanmax(seconds))) + note
 
     def samples_per_second(self) -> str:
-        """Training samples per second of wall time, over all sessions, evaluations included: the
-        runs' steps times the batch over their elapsed_seconds (a sweep's runs share one clock, so its
-        figure is for all of them together)."""
+        """Training samples per second of wall time, over all sessions, evaluations included: steps
+        times the batch over elapsed_seconds, for each workdir; a sweep's runs share one clock, so
+        its figure counts all of them (sweep_size), those of other configurations too. The fastest
+        workdir of the group."""
         by_clock: dict[str, list[Run]] = {}
         for run in self.runs:
             by_clock.setdefault(run.name.split("/")[0], []).append(run)  # a sweep's members: one clock
         rates = []
         for runs in by_clock.values():
             seconds = max(r.rows[-1].get("elapsed_seconds", math.nan) for r in runs)
-            samples = sum(r.rows[-1]["step"] * r.config["batch_size"] for r in runs)
+            steps = max(r.rows[-1]["step"] for r in runs)
+            samples = steps * runs[0].config["batch_size"] * runs[0].sweep_size
             rates.append(samples / seconds if seconds > 0 else math.nan)
         return "?" if all(math.isnan(x) for x in rates) else f"{np.nanmax(rates):,.0f}"
 

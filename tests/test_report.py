@@ -151,15 +151,20 @@ def test_the_learning_rate_is_chosen_on_validation_never_on_test():
 
 
 def test_samples_per_second_counts_a_sweeps_runs_on_one_clock():
-    def run(name, steps, seconds, seed):
+    def run(name, steps, seconds, seed, sweep_size=1):
         config = pixel_mnist.get_config("irnn_fast").to_dict() | {"seed": seed}  # batch 32
         return report.Run(name, "pixel_mnist", "irnn_fast", config, [{"step": steps, "elapsed_seconds": seconds,
-                          "test_accuracy": 0.5}], [{"command": "c"}])  # fmt: skip
+                          "test_accuracy": 0.5}], [{"command": "c"}], sweep_size=sweep_size)  # fmt: skip
 
     alone = report.group_runs([run("a", 1000, 10.0, 0), run("b", 1000, 20.0, 1)])[0]
     assert alone.samples_per_second() == "3,200"  # the faster of two separate runs: 1000 * 32 / 10
-    swept = report.group_runs([run("s/000_seed=0", 1000, 20.0, 0), run("s/001_seed=1", 1000, 20.0, 1)])[0]
+    assert "sweep" not in alone.wall()
+    swept = report.group_runs([run("s/000_seed=0", 1000, 20.0, 0, 2), run("s/001_seed=1", 1000, 20.0, 1, 2)])[0]
     assert swept.samples_per_second() == "3,200"  # both runs' samples over the one clock they shared
+    assert swept.wall() == "20 s (a sweep: its 2 runs together)"
+    # One member of a 4-run sweep over learning rates: the clock ran all four.
+    (member,) = report.group_runs([run("lr/002_learning_rate=0.0003", 1000, 20.0, 0, 4)])
+    assert member.samples_per_second() == "6,400"
 
 
 def test_the_cells20_presets_use_the_learning_rates_the_committed_sweeps_chose():

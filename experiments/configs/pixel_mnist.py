@@ -89,7 +89,9 @@ from experiments.configs.base import base_config
 PAPER_CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
 # The learning rate of each (cell, order) at 20 epochs, chosen on validation by the 2-epoch sweep
 # (docs/results/runs/lrsweep_budget_*; tests/test_report.py checks these against it).
-CELLS20_LR: dict[tuple[str, str], float] = {}
+CELLS20_LR: dict[tuple[str, str], float] = {
+    ("lstm", "pixel"): 3e-4,
+}
 PRESETS = (
     "keras",
     "keras_900",
