@@ -168,13 +168,13 @@ def budget_table(groups: list[Group], family: str = "budget") -> str:
 
 def chosen_learning_rates(groups: list[Group]) -> dict[tuple[str, str], float]:
     """(cell, order) -> the learning rate of the sweep's configuration with the highest final validation
-    accuracy (mean over its seeds), among those of the budget family where no run diverged. The test
-    set plays no part."""
+    accuracy (mean over its seeds), among those of the budget family that ran to their end and where no
+    run diverged. The test set plays no part."""
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for g in groups:
         key = pixel_mnist.cell_and_task(g.first.preset, "budget")
         values = [run.rows[-1].get("validation_accuracy") for run in g.runs]
-        if key is None or g.diverged() or None in values:
+        if key is None or g.diverged() or None in values or " of " in g.steps():
             continue
         score = float(np.mean(values))
         if key not in best or score > best[key][0]:
@@ -218,7 +218,11 @@ def lrsweep_table(groups: list[Group]) -> str:
                 row.append(f"**{text}**" if chosen.get((cell, order)) == lr else text)
             lr = chosen.get((cell, order))
             edge = lr is not None and len(sweep) > 1 and lr in (min(sweep), max(sweep))
-            row.append("none (all diverged)" if lr is None else f"{lr:g}" + (" (the grid's edge)" if edge else ""))
+            unfinished = [g.steps() for g in sweep.values() if " of " in g.steps()]
+            if unfinished:
+                row.append(f"none yet: under way, step {unfinished[0]}")
+            else:
+                row.append("none (all diverged)" if lr is None else f"{lr:g}" + (" (the grid's edge)" if edge else ""))
             lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n\n"
 
@@ -282,7 +286,10 @@ def write_report(runs: list[Run], out: Path) -> str:
         if key == "lrsweep":
             md += lrsweep_table(sections[key])
         md += section_table(sections[key]) + logged_curve_table(sections[key])
-        report_plots.plot(sections[key], title, out / f"{key}.png")
+        if key == "lrsweep":
+            report_plots.plot_lrsweep(sections[key], title, out / f"{key}.png", chosen_learning_rates(sections[key]))
+        else:
+            report_plots.plot(sections[key], title, out / f"{key}.png")
         md += f"\n![{title}]({key}.png)\n"
     md += "\n## Presets not yet run\n\n" + not_yet_run(groups)
     (out / "results.md").write_text(md)

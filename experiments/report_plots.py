@@ -108,3 +108,41 @@ def plot(groups: list, title: str, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_lrsweep(groups: list, title: str, path: Path, chosen: dict) -> None:
+    """The learning-rate sweeps' figure: final validation accuracy against the learning rate, a line per
+    cell (dashed: permuted order), a cross where the run diverged (drawn at its last validation
+    accuracy), a ring on the rate chosen (`chosen`: (cell, order) -> rate, `report.chosen_learning_rates`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_key: dict[tuple[str, str], list] = {}
+    for g in groups:
+        key = (g.first.config["cell"], g.first.config.get("task", "pixel"))
+        by_key.setdefault(key, []).append(g)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours: dict[str, str] = {}
+    for (cell, order), gs in sorted(by_key.items()):
+        colour = colours.setdefault(cell, f"C{len(colours) % 10}")
+        gs = sorted(gs, key=lambda g: g.first.config["learning_rate"])
+        lrs = [g.first.config["learning_rate"] for g in gs]
+        vals = [float(np.mean([r.rows[-1].get("validation_accuracy", np.nan) for r in g.runs])) for g in gs]
+        ax.plot(lrs, vals, "--" if order == "permuted" else "-", color=colour, marker=".", label=f"{cell}, {order}")
+        for g, lr, v in zip(gs, lrs, vals, strict=True):
+            if g.diverged():
+                ax.plot(lr, v, "x", color="black", markersize=9, markeredgewidth=2)
+        if (cell, order) in chosen:
+            k = lrs.index(chosen[cell, order])
+            ax.plot(lrs[k], vals[k], "o", markersize=12, markerfacecolor="none", color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("final validation accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{title}\nring: the rate chosen; x: a run that diverged (its last validation accuracy)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

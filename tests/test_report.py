@@ -146,6 +146,10 @@ def test_the_learning_rate_is_chosen_on_validation_never_on_test():
     edge = report.lrsweep_table(report.group_runs(runs + [_sweep_run("budget_irnn", 1e-5, 0.1, 0.1)]))
     assert "| 0.0003 |" in edge and "(the grid's edge)" not in edge  # 3e-4 lies inside 1e-5 ... 1e-3
     assert "| 0.0003 (the grid's edge) |" in report.lrsweep_table(report.group_runs(runs[:2]))
+    under_way = [_sweep_run("budget_rnn_tanh", 1e-4, 0.5, 0.5)]
+    under_way[0].rows[-1]["step"] = 1_250
+    assert report.chosen_learning_rates(report.group_runs(under_way)) == {}  # no choice before the end
+    assert "| none yet: under way, step 1,250 of 3,438 |" in report.lrsweep_table(report.group_runs(under_way))
     assert "3,438 steps" in table  # 2 epochs of 55,000 images: the run is complete, not "of 3,750"
     assert "lrsweep" not in report.summary(groups)
 
