@@ -31,6 +31,13 @@ _STEPS = flags.DEFINE_list("steps", "25,10", "Optimiser steps per jitted call, p
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Repetitions of each; the best is reported.", lower_bound=1)
 _CHAIN_CALLS = flags.DEFINE_integer("chain_calls", 5, "Chain calls per repetition (its time is their mean).")
 _RECURRENCE = flags.DEFINE_string("recurrence", "fused", "config.recurrence of the training step.")
+_BLOCK_ROWS = flags.DEFINE_list(
+    "block_rows",
+    [],
+    "Time the step at each of these recurrence.BLOCK_ROWS, side by side (default: the library's). "
+    "A value >= 784 x the per-device batch gives one block of all T steps, the weight gradients in one "
+    "matmul after the backward loop; the per-device batch itself gives blocks of 1 step.",
+)
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Write the rows as JSON here.")
 
 T = 784  # pixel-MNIST sequence length
@@ -129,51 +136,76 @@ def best_ms(call, calls: int = 1) -> float:
     return 1e3 * (time.perf_counter() - start) / calls
 
 
-def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str) -> dict:
+def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str, block_rows=(None,)) -> list:
+    """One row per value of `block_rows` (recurrence.BLOCK_ROWS while the step compiles; None: the
+    default), all timed in alternation with the chains."""
+    import statistics
+
     import jax
 
-    train, devices, hidden = train_fn(batch, steps, recurrence)
+    from irnn_jax import recurrence as recurrence_lib
+
+    default_rows = recurrence_lib.BLOCK_ROWS
+    trains = []
+    for rows in block_rows:
+        recurrence_lib.BLOCK_ROWS = default_rows if rows is None else rows
+        train, devices, hidden = train_fn(batch, steps, recurrence)
+        best_ms(train)  # compiles now, with this BLOCK_ROWS
+        trains.append((recurrence_lib.BLOCK_ROWS, train))
+    recurrence_lib.BLOCK_ROWS = default_rows
     per_device = batch // devices
     chain = chain_fn(per_device, hidden, jax.devices()[0])
     everywhere = chain_everywhere_fn(per_device, hidden) if devices > 1 else chain
     for _ in range(2):  # compile and warm up
-        best_ms(train)
+        for _, train in trains:
+            best_ms(train)
         best_ms(chain)
         best_ms(everywhere)
-    step_ms, chain_ms, everywhere_ms = [], [], []
+    step_ms, chain_ms, everywhere_ms = [[] for _ in trains], [], []
     for _ in range(repeats):
-        step_ms.append(best_ms(train) / steps)
+        for k, (_, train) in enumerate(trains):
+            step_ms[k].append(best_ms(train) / steps)
         chain_ms.append(best_ms(chain, chain_calls))
         everywhere_ms.append(best_ms(everywhere, chain_calls))
-    step, bare, busy = min(step_ms), min(chain_ms), min(everywhere_ms)
+    bare, busy = min(chain_ms), min(everywhere_ms)
     flop = 2 * T * per_device * hidden * hidden
-    return {
-        "batch": batch,
-        "devices": devices,
-        "per_device_batch": per_device,
-        "recurrence": recurrence,
-        "step_ms": step,
-        "chain_ms": bare,
-        "ratio_to_3_chains": step / (3 * bare),
-        "chain_all_devices_ms": busy,  # the chain on every device at once (= chain_ms on one device)
-        "ratio_to_3_chains_all_devices": step / (3 * busy),
-        "chain_gflops": flop / bare / 1e6,
-        "samples_per_s": 1e3 * batch / step,
-        "step_ms_all": step_ms,
-        "chain_ms_all": chain_ms,
-        "chain_all_devices_ms_all": everywhere_ms,
-    }
+    out = []
+    for (rows, _), times in zip(trains, step_ms, strict=True):
+        step = min(times)
+        out.append(
+            {
+                "batch": batch,
+                "devices": devices,
+                "per_device_batch": per_device,
+                "recurrence": recurrence,
+                "block_rows": rows,
+                "block_steps": recurrence_lib.block_steps(T, per_device, rows),
+                "step_ms": step,
+                "step_ms_median": statistics.median(times),
+                "chain_ms": bare,
+                "ratio_to_3_chains": step / (3 * bare),
+                "chain_all_devices_ms": busy,  # the chain on every device at once (= chain_ms on one device)
+                "ratio_to_3_chains_all_devices": step / (3 * busy),
+                "chain_gflops": flop / bare / 1e6,
+                "samples_per_s": 1e3 * batch / step,
+                "step_ms_all": times,
+                "chain_ms_all": chain_ms,
+                "chain_all_devices_ms_all": everywhere_ms,
+            }
+        )
+    return out
 
 
 def format_rows(rows: list[dict]) -> str:
     head = (
-        "| batch | devices x per-device batch | step ms | bare chain ms | step / 3 chains "
+        "| batch | devices x per-device batch | backward blocks | step ms (median) | bare chain ms | step / 3 chains "
         "| chain on all devices at once ms | step / 3 of those | chain GFLOP/s | samples/s |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
-            f"| {r['batch']} | {r['devices']} x {r['per_device_batch']} | {r['step_ms']:.2f} | {r['chain_ms']:.2f} "
+            f"| {r['batch']} | {r['devices']} x {r['per_device_batch']} | {r['block_steps']} steps "
+            f"| {r['step_ms']:.2f} ({r['step_ms_median']:.2f}) | {r['chain_ms']:.2f} "
             f"| {r['ratio_to_3_chains']:.2f}x | {r['chain_all_devices_ms']:.2f} "
             f"| {r['ratio_to_3_chains_all_devices']:.2f}x | {r['chain_gflops']:.1f} | {r['samples_per_s']:,.0f} |"
         )
@@ -196,9 +228,13 @@ def main(argv):
     import jax
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    block_rows = [int(r) for r in _BLOCK_ROWS.value] or [None]
     rows = [
-        measure(b, steps[min(i, len(steps) - 1)], _REPEATS.value, _CHAIN_CALLS.value, _RECURRENCE.value)
+        row
         for i, b in enumerate(batches)
+        for row in measure(
+            b, steps[min(i, len(steps) - 1)], _REPEATS.value, _CHAIN_CALLS.value, _RECURRENCE.value, block_rows
+        )
     ]
     print(f"jax {jax.__version__}; {cpu_model()}, {os.cpu_count()} cores; load average before {load}")
     print(format_rows(rows))

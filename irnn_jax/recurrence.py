@@ -66,10 +66,13 @@ IN_LOOP_FROM_BATCH = 128
 
 # Rows (steps x batch) of one block of "fused"'s backward: the loop runs in blocks of K steps, and after
 # each block the weight gradients take that block's K*B rows in one matmul while its dz are in cache.
-# Backward loop + weight gradients on one CPU core (`python -m benchmarks.recurrence_cpu --backward`,
-# best of 15, ms, measured while a training run shared the core): batch 16 / 32 / 256, all T*B rows
-# in one matmul after the loop 18.9 / 41.5 / 374, step by step inside the loop 34.1 / 49.9 / 251,
-# in blocks of 28 / 16 / 4 steps 17.2 / 34.9 / 246.
+# The training step of the keras preset, this form against the one before it (all T*B rows in one
+# matmul after the loop below batch 128, step by step above), 2-core AMD EPYC, nothing else running,
+# side by side in one process, best of 21, ms: batch 32 on 2 devices 13.27 against 15.95; one device
+# pinned to one core, batch 16: 12.66 against 14.16, batch 32: 23.44 against 26.30; batch 256 on 2
+# devices 98.4 against 106.4. One device left both cores is the exception (batch 32: 27.97 against
+# 25.38): XLA spreads the one large matmul over the two cores, the blocks' small ones it does not.
+# 256 to 512 rows were equally fast for the LSTM; 1,024 and more slower (docs/performance.md).
 BLOCK_ROWS = 512
 
 
@@ -78,10 +81,10 @@ def _in_loop(batch_size: int) -> bool:
     return batch_size >= IN_LOOP_FROM_BATCH
 
 
-def block_steps(seq_len: int, batch_size: int) -> int:
+def block_steps(seq_len: int, batch_size: int, rows: int | None = None) -> int:
     """K, the steps of one block of the backward: the largest divisor of the sequence length with
-    K * batch <= BLOCK_ROWS (1 at large batches: the sums step by step)."""
-    limit = max(1, BLOCK_ROWS // batch_size)
+    K * batch <= `rows` (default BLOCK_ROWS; 1 at large batches: the sums step by step)."""
+    limit = max(1, (BLOCK_ROWS if rows is None else rows) // batch_size)
     return max(k for k in range(1, min(seq_len, limit) + 1) if seq_len % k == 0)
 
 
