@@ -3,13 +3,16 @@
     python -m benchmarks.step_ratio                        # batch 32 and 256, one device per core
     python -m benchmarks.step_ratio --cpu_devices=1        # the whole batch on one device
     python -m benchmarks.step_ratio --batch_sizes=32 --repeats=9 --json_out=ratio.json
+    python -m benchmarks.step_ratio --batch_sizes=32 --block_rows=512,1000000   # backward blocks vs one
+    python -m benchmarks.step_ratio --cell=lstm --batch_sizes=32 --steps=10      # the LSTM (budget_lstm)
 
 A training step of the pixel-MNIST IRNN (the `keras` preset, as `experiments.pixel_mnist` runs it:
 the CPU split into devices, the batch divided among them, `steps` optimiser steps per jitted call)
 has to run three dependent chains of 784 small matmuls: the forward h_t = relu(x_t w + h_{t-1} W),
 the backward dz_t W^T, and the weight-gradient sum over the same (T, B, H) rows, about as much
 arithmetic again. The floor is one bare forward chain, timed here at the batch each device sees, in
-a jitted `lax.scan` on one device: 784 x relu(h @ W + x_t w + b), nothing kept. Reported is
+a jitted `lax.scan` on one device: 784 x relu(h @ W + x_t w), nothing kept (the LSTM: its matmul
+and gates a step, `--cell=lstm`). Reported is
 
     ratio = training step (ms) / (3 x bare chain (ms))
 
@@ -31,6 +34,9 @@ _STEPS = flags.DEFINE_list("steps", "25,10", "Optimiser steps per jitted call, p
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Repetitions of each; the best is reported.", lower_bound=1)
 _CHAIN_CALLS = flags.DEFINE_integer("chain_calls", 5, "Chain calls per repetition (its time is their mean).")
 _RECURRENCE = flags.DEFINE_string("recurrence", "fused", "config.recurrence of the training step.")
+_CELL = flags.DEFINE_enum(
+    "cell", "irnn", ["irnn", "lstm"], "irnn: the keras preset; lstm: budget_lstm, against the LSTM's bare chain."
+)
 _BLOCK_ROWS = flags.DEFINE_list(
     "block_rows",
     [],
@@ -54,65 +60,78 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def chain_fn(batch: int, hidden: int, device):
-    """A zero-argument call running the bare forward chain at `batch` on `device`."""
+def _chain(cell: str, batch: int, hidden: int):
+    """(weights (W, w_in), chain(W, w_in, x_TxBx1) -> final state) of the cell's bare forward chain:
+    784 dependent steps, nothing kept. The IRNN: relu(h @ W + x_t w_in), W (H, H). The LSTM: one
+    (B, H) @ (H, 4H) matmul and the gates a step, its cell state carried beside h."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     rng = np.random.default_rng(0)
-    w_HxH = np.eye(hidden, dtype=np.float32) + rng.normal(0, 0.01, (hidden, hidden)).astype(np.float32)
-    w_in_H = rng.normal(0, 0.001, hidden).astype(np.float32)
-    b_H = np.zeros(hidden, np.float32)
-    x_TxBx1 = rng.uniform(0, 1, (T, batch, 1)).astype(np.float32)
-    args = jax.device_put((w_HxH, w_in_H, b_H, x_TxBx1), device)
+    width = 4 * hidden if cell == "lstm" else hidden
+    w = (np.eye(hidden, width) + rng.normal(0, 0.01, (hidden, width))).astype(np.float32)
+    w_in = rng.normal(0, 0.001, width).astype(np.float32)
 
-    @jax.jit
-    def chain(w_HxH, w_in_H, b_H, x_TxBx1):
-        step = lambda h_BxH, x_Bx1: (jax.nn.relu(h_BxH @ w_HxH + x_Bx1 * w_in_H + b_H), None)  # noqa: E731
-        return jax.lax.scan(step, jnp.zeros((batch, hidden), jnp.float32), x_TxBx1)[0]
+    def chain(w, w_in, x_TxBx1):
+        zeros_BxH = jnp.zeros((batch, hidden), jnp.float32)
+        if cell != "lstm":
+            step = lambda h_BxH, x_Bx1: (jax.nn.relu(h_BxH @ w + x_Bx1 * w_in), None)  # noqa: E731
+            return jax.lax.scan(step, zeros_BxH, x_TxBx1)[0]
 
+        def lstm_step(carry, x_Bx1):
+            h_BxH, c_BxH = carry
+            i, f, g, o = jnp.split(h_BxH @ w + x_Bx1 * w_in, 4, axis=-1)
+            c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+            return (jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH), None
+
+        return jax.lax.scan(lstm_step, (zeros_BxH, zeros_BxH), x_TxBx1)[0][0]
+
+    return (w, w_in), chain
+
+
+def chain_fn(batch: int, hidden: int, device, cell: str = "irnn"):
+    """A zero-argument call running the bare forward chain at `batch` on `device`."""
+    import jax
+    import numpy as np
+
+    weights, chain = _chain(cell, batch, hidden)
+    x_TxBx1 = np.random.default_rng(1).uniform(0, 1, (T, batch, 1)).astype(np.float32)
+    args = jax.device_put((*weights, x_TxBx1), device)
+    chain = jax.jit(chain)
     return lambda: chain(*args)
 
 
-def chain_everywhere_fn(batch: int, hidden: int):
+def chain_everywhere_fn(batch: int, hidden: int, cell: str = "irnn"):
     """A zero-argument call running one bare forward chain at `batch` on every device at once: the
     floor when all cores work, so that what the cores share (memory, caches, clock) weighs on it as it
     weighs on a training step split over them."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     devices = jax.devices()
     mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-    rng = np.random.default_rng(0)
-    n = len(devices)
-    w_HxH = np.eye(hidden, dtype=np.float32) + rng.normal(0, 0.01, (hidden, hidden)).astype(np.float32)
-    w_in_H = rng.normal(0, 0.001, hidden).astype(np.float32)
-    x_TxNBx1 = rng.uniform(0, 1, (T, n * batch, 1)).astype(np.float32)  # each device: its own `batch` columns
-    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "d"))
-    args = (jax.device_put(w_HxH, replicated), jax.device_put(w_in_H, replicated), jax.device_put(x_TxNBx1, split))
-
-    def local(w_HxH, w_in_H, x_TxBx1):
-        step = lambda h_BxH, x_Bx1: (jax.nn.relu(h_BxH @ w_HxH + x_Bx1 * w_in_H), None)  # noqa: E731
-        return jax.lax.scan(step, jnp.zeros((batch, hidden), jnp.float32), x_TxBx1)[0]
-
+    weights, local = _chain(cell, batch, hidden)
+    x_TxNBx1 = np.random.default_rng(1).uniform(0, 1, (T, len(devices) * batch, 1)).astype(np.float32)
+    replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "d"))  # each device: `batch` columns
+    args = (*(jax.device_put(w, replicated) for w in weights), jax.device_put(x_TxNBx1, split))
     chain = jax.jit(
         jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, "d")), out_specs=P("d"), check_vma=False)
     )
     return lambda: chain(*args)
 
 
-def train_fn(batch: int, steps: int, recurrence: str):
-    """A zero-argument call running `steps` training steps as the command line does; and the devices."""
+def train_fn(batch: int, steps: int, recurrence: str, cell: str = "irnn"):
+    """A zero-argument call running `steps` training steps as the command line does (the keras preset;
+    the LSTM: budget_lstm); and the devices."""
 
     from benchmarks.frameworks import synthetic_batch
     from experiments.configs import pixel_mnist
     from irnn_jax import data, loop
 
-    config = pixel_mnist.get_config("keras")
+    config = pixel_mnist.get_config("budget_lstm" if cell == "lstm" else "keras")
     config.batch_size, config.recurrence = batch, recurrence
     split = data.Split(*synthetic_batch(batch))  # a training set of one batch: each step takes all of it
     s = loop.setup(config, dataset=data.Dataset("synthetic", split, split, source="synthetic"))
@@ -136,7 +155,9 @@ def best_ms(call, calls: int = 1) -> float:
     return 1e3 * (time.perf_counter() - start) / calls
 
 
-def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str, block_rows=(None,)) -> list:
+def measure(
+    batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str, block_rows=(None,), cell: str = "irnn"
+) -> list:
     """One row per value of `block_rows` (recurrence.BLOCK_ROWS while the step compiles; None: the
     default), all timed in alternation with the chains."""
     import statistics
@@ -149,13 +170,13 @@ def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: 
     trains = []
     for rows in block_rows:
         recurrence_lib.BLOCK_ROWS = default_rows if rows is None else rows
-        train, devices, hidden = train_fn(batch, steps, recurrence)
+        train, devices, hidden = train_fn(batch, steps, recurrence, cell)
         best_ms(train)  # compiles now, with this BLOCK_ROWS
         trains.append((recurrence_lib.BLOCK_ROWS, train))
     recurrence_lib.BLOCK_ROWS = default_rows
     per_device = batch // devices
-    chain = chain_fn(per_device, hidden, jax.devices()[0])
-    everywhere = chain_everywhere_fn(per_device, hidden) if devices > 1 else chain
+    chain = chain_fn(per_device, hidden, jax.devices()[0], cell)
+    everywhere = chain_everywhere_fn(per_device, hidden, cell) if devices > 1 else chain
     for _ in range(2):  # compile and warm up
         for _, train in trains:
             best_ms(train)
@@ -168,7 +189,7 @@ def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: 
         chain_ms.append(best_ms(chain, chain_calls))
         everywhere_ms.append(best_ms(everywhere, chain_calls))
     bare, busy = min(chain_ms), min(everywhere_ms)
-    flop = 2 * T * per_device * hidden * hidden
+    flop = 2 * T * per_device * hidden * hidden * (4 if cell == "lstm" else 1)
     out = []
     for (rows, _), times in zip(trains, step_ms, strict=True):
         step = min(times)
@@ -177,6 +198,7 @@ def measure(batch: int, steps: int, repeats: int, chain_calls: int, recurrence: 
                 "batch": batch,
                 "devices": devices,
                 "per_device_batch": per_device,
+                "cell": cell,
                 "recurrence": recurrence,
                 "block_rows": rows,
                 "block_steps": recurrence_lib.block_steps(T, per_device, rows),
@@ -233,10 +255,18 @@ def main(argv):
         row
         for i, b in enumerate(batches)
         for row in measure(
-            b, steps[min(i, len(steps) - 1)], _REPEATS.value, _CHAIN_CALLS.value, _RECURRENCE.value, block_rows
+            b,
+            steps[min(i, len(steps) - 1)],
+            _REPEATS.value,
+            _CHAIN_CALLS.value,
+            _RECURRENCE.value,
+            block_rows,
+            _CELL.value,
         )
     ]
-    print(f"jax {jax.__version__}; {cpu_model()}, {os.cpu_count()} cores; load average before {load}")
+    print(
+        f"jax {jax.__version__}; {cpu_model()}, {os.cpu_count()} cores; load average before {load}; cell {_CELL.value}"
+    )
     print(format_rows(rows))
     if _JSON_OUT.value:
         with open(_JSON_OUT.value, "w") as f:
