@@ -167,11 +167,13 @@ def batch_indices(start: int, end: int, num_examples: int, batch_size: int, seed
     return idx, valid.astype(np.float32)
 
 
-def train_indices(run_configs, num_examples: int, batch_size: int, start: int, end: int):
-    """`batch_indices` of steps [start, end) for each run: (N, B), or (N, R, B) for a sweep of R runs."""
+def train_indices(run_configs, num_examples: int, batch_size: int, start: int, end: int, sweep: bool = False):
+    """`batch_indices` of steps [start, end) for each run: (N, B) for a single run, (N, R, B) for a
+    sweep of R runs (`sweep`; R may be 1)."""
     per_run = [batch_indices(start, end, num_examples, batch_size, c.seed, c.shuffle) for c in run_configs]
-    if len(per_run) == 1:
-        return per_run[0]
+    if not sweep:
+        (single,) = per_run
+        return single
     return np.stack([i for i, _ in per_run], 1), np.stack([m for _, m in per_run], 1)
 
 

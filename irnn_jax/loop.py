@@ -65,7 +65,7 @@ class Setup:
     def train_indices(self, start: int, end: int):
         """Indices and masks of steps [start, end), on the devices: (N, B) or (N, R, B)."""
         idx, mask = input_pipeline.train_indices(
-            self.run_configs, len(self.dataset.train), self.config.batch_size, start, end
+            self.run_configs, len(self.dataset.train), self.config.batch_size, start, end, self.is_sweep
         )
         # Shard the batch (single run) or the run axis (sweep) over the devices when it divides.
         sharding = parallel.axis_sharding(self.mesh, idx.shape[1], axis=1)

@@ -131,8 +131,10 @@ def test_in_order_batches_wrap_around():
 
 def test_sweep_indices_stack_each_runs_own_order(idx_dir):
     configs = [tiny_config(idx_dir, seed=s) for s in (0, 1, 2)]
-    idx, mask = input_pipeline.train_indices(configs, 96, 4, 3, 9)
+    idx, mask = input_pipeline.train_indices(configs, 96, 4, 3, 9, sweep=True)
     assert idx.shape == (6, 3, 4) and mask.shape == (6, 3, 4)
+    one, _ = input_pipeline.train_indices(configs[:1], 96, 4, 3, 9, sweep=True)  # a sweep of one run
+    assert one.shape == (6, 1, 4) and input_pipeline.train_indices(configs[:1], 96, 4, 3, 9)[0].shape == (6, 4)
     for k, c in enumerate(configs):
         np.testing.assert_array_equal(idx[:, k], input_pipeline.batch_indices(3, 9, 96, 4, c.seed, True)[0])
 

@@ -52,6 +52,17 @@ def test_each_run_of_a_sweep_equals_the_run_alone_to_float32_rounding(idx_dir, t
     np.testing.assert_allclose(lrs, [c.learning_rate for _, c in runs])
 
 
+def test_a_sweep_of_one_run_trains_as_the_run_alone(idx_dir, tmp_path):
+    """`--config.sweep=learning_rate=1e-5`: one more value for a grid already run, in a workdir of its own."""
+    config = tiny_config(idx_dir, num_train_steps=4, eval_every_steps=2, sweep="learning_rate=3e-3")
+    loop.train_and_evaluate(config, tmp_path / "sweep")
+    ((name, alone_config),) = sweep.expand(config)
+    loop.train_and_evaluate(alone_config, tmp_path / "alone")
+    alone_rows = read_rows(tmp_path / "alone")
+    assert [r["step"] for r in alone_rows] == [2, 4]
+    assert read_rows(tmp_path / "sweep" / "runs" / name) == [pytest.approx(row, rel=1e-5) for row in alone_rows]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("recurrence", ["scan", "fused"])
 def test_sweep_against_alone_at_the_real_size(tmp_path, recurrence):
