@@ -91,6 +91,8 @@ PAPER_CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
 # (docs/results/runs/lrsweep_budget_*; tests/test_report.py checks these against it).
 CELLS20_LR: dict[tuple[str, str], float] = {
     ("lstm", "pixel"): 3e-4,
+    ("rnn_relu", "pixel"): 3e-4,
+    ("irnn", "pixel"): 3e-5,
 }
 PRESETS = (
     "keras",
