@@ -63,7 +63,8 @@ def test_recurrence_cpu_table_and_profile(capsys):
 def test_recurrence_cpu_backward_forms(capsys):
     recurrence_cpu.main(["--backward", "--backward_batches=2,4", *TINY])
     out = capsys.readouterr().out
-    assert "B=2 " in out and "B=4 " in out and "inside the loop" in out
+    assert "B=2 " in out and "B=4 " in out and "after the loop" in out and "step by step" in out
+    assert "in blocks of 12 steps" in out  # TINY: 12 steps at batch 2, all in one block of <= 512 rows
 
 
 def test_recurrence_cpu_lstm(capsys):
