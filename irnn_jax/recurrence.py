@@ -66,13 +66,13 @@ IN_LOOP_FROM_BATCH = 128
 
 # Rows (steps x batch) of one block of "fused"'s backward: the loop runs in blocks of K steps, and after
 # each block the weight gradients take that block's K*B rows in one matmul while its dz are in cache.
-# The training step of the keras preset, this form against the one before it (all T*B rows in one
-# matmul after the loop below batch 128, step by step above), 2-core AMD EPYC, nothing else running,
-# side by side in one process, best of 21, ms: batch 32 on 2 devices 13.27 against 15.95; one device
-# pinned to one core, batch 16: 12.66 against 14.16, batch 32: 23.44 against 26.30; batch 256 on 2
-# devices 98.4 against 106.4. One device left both cores is the exception (batch 32: 27.97 against
-# 25.38): XLA spreads the one large matmul over the two cores, the blocks' small ones it does not.
-# 256 to 512 rows were equally fast for the LSTM; 1,024 and more slower (docs/performance.md).
+# The training step of the keras preset, 2-core AMD EPYC, nothing else running, side by side
+# (`python -m benchmarks.step_ratio --block_rows=512,128,1000000`, best of 11, ms): batch 32 on 2
+# devices 14.49 in blocks of 28 steps, 15.86 of 8, 16.78 in one block of all 784 (the form before);
+# batch 256 on 2 devices 101.4 in blocks of 4, 106.3 step by step (the form before), 122.6 in one;
+# one device pinned to one core, batch 32: 26.25 against 29.85. A device left two cores is the
+# exception: XLA spreads one large matmul over both, the blocks' small ones it does not. For the
+# LSTM 256 to 512 rows were equally fast, 1,024 and more slower (docs/performance.md).
 BLOCK_ROWS = 512
 
 

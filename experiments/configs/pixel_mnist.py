@@ -90,9 +90,12 @@ PAPER_CELLS = ("irnn", "rnn_relu", "rnn_tanh", "lstm")
 # The learning rate of each (cell, order) at 20 epochs, chosen on validation by the 2-epoch sweep
 # (docs/results/runs/lrsweep_budget_*; tests/test_report.py checks these against it).
 CELLS20_LR: dict[tuple[str, str], float] = {
-    ("lstm", "pixel"): 3e-4,
-    ("rnn_relu", "pixel"): 3e-4,
     ("irnn", "pixel"): 3e-5,
+    ("irnn", "permuted"): 3e-5,
+    ("rnn_relu", "pixel"): 3e-4,
+    ("rnn_relu", "permuted"): 3e-4,
+    ("rnn_tanh", "pixel"): 1e-4,
+    ("lstm", "pixel"): 3e-4,
 }
 PRESETS = (
     "keras",
