@@ -352,8 +352,11 @@ def preset_table() -> str:
             if first is None:  # an entry whose presets do not exist yet (cells20_*: before their sweeps)
                 continue
             c = module.get_config(first)
-            steps = train.total_steps(c, c.get("num_train_examples", 60_000))
+            trained_on = c.get("num_train_examples", 60_000) - c.get("validation_size", 0)
+            steps = train.total_steps(c, trained_on)
             length = f"{steps:,} steps" + (f" ({c.num_epochs} epochs)" if not c.num_train_steps else "")
+            if c.get("validation_size", 0):
+                length += f", {c.validation_size:,} images held out"
             text = module.REPORTED.get(first, {}).get("text", "")
             sid = SOURCE_IDS.get(first)
             preset = f"`{names}`" + (f" ({sid})" if sid else "")

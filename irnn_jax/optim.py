@@ -5,6 +5,7 @@ live in the optimiser state, not in the (static) transformation, so runs of a
 sweep share one transformation and `jax.vmap` gives each its own values.
 """
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -133,7 +134,7 @@ def skip_spikes(
     lasting rise of the norm (they grow several-fold early in training) is followed within a few
     hundred steps instead of being skipped for ever. (A mean of the steps taken only, the first form
     of this, froze once the norm had risen past the factor: every later step was skipped.)"""
-    log_factor = float(jnp.log(factor))
+    log_factor = math.log(factor)  # a Python float: this may run under a trace (jax.eval_shape)
 
     def init(params):
         zero = jnp.zeros((), jnp.int32)

@@ -31,6 +31,7 @@ KERAS_PARAMS = {
     # irnn_fast changes the recipe only: the paper's 11,210 parameters.
     ("pixel_mnist", "irnn_fast"): 11_210,
     ("pixel_mnist", "irnn_fast_permuted"): 11_210,
+    ("pixel_mnist", "irnn_fast_control"): 11_210,  # the ReLU RNN of the same size
     # Adding: input 2, SimpleRNN(100) + Dense(1) = 10,300 + 101; LSTM(100) + Dense(1) = 41,200 + 101.
     **{("adding", f"{c}_{t}"): 10_401 for c in ("irnn", "rnn_tanh") for t in adding.LENGTHS},
     **{("adding", f"lstm_{t}"): 41_301 for t in adding.LENGTHS},
