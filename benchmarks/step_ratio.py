@@ -5,6 +5,7 @@
     python -m benchmarks.step_ratio --batch_sizes=32 --repeats=9 --json_out=ratio.json
     python -m benchmarks.step_ratio --batch_sizes=32 --block_rows=512,1000000   # backward blocks vs one
     python -m benchmarks.step_ratio --cell=lstm --batch_sizes=32 --steps=10      # the LSTM (budget_lstm)
+    python -m benchmarks.step_ratio --recurrence=fused,native --batch_sizes=32   # the XLA loops vs the kernel
 
 A training step of the pixel-MNIST IRNN (the `keras` preset, as `experiments.pixel_mnist` runs it:
 the CPU split into devices, the batch divided among them, `steps` optimiser steps per jitted call)
@@ -33,7 +34,9 @@ _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "As the command line's --c
 _STEPS = flags.DEFINE_list("steps", "25,10", "Optimiser steps per jitted call, per batch size (the last repeats).")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Repetitions of each; the best is reported.", lower_bound=1)
 _CHAIN_CALLS = flags.DEFINE_integer("chain_calls", 5, "Chain calls per repetition (its time is their mean).")
-_RECURRENCE = flags.DEFINE_string("recurrence", "fused", "config.recurrence of the training step.")
+_RECURRENCE = flags.DEFINE_list(
+    "recurrence", "fused", "config.recurrence of the training step; several: each timed, in alternation."
+)
 _CELL = flags.DEFINE_enum(
     "cell", "irnn", ["irnn", "lstm"], "irnn: the keras preset; lstm: budget_lstm, against the LSTM's bare chain."
 )
@@ -156,10 +159,10 @@ def best_ms(call, calls: int = 1) -> float:
 
 
 def measure(
-    batch: int, steps: int, repeats: int, chain_calls: int, recurrence: str, block_rows=(None,), cell: str = "irnn"
+    batch: int, steps: int, repeats: int, chain_calls: int, recurrence, block_rows=(None,), cell: str = "irnn"
 ) -> list:
-    """One row per value of `block_rows` (recurrence.BLOCK_ROWS while the step compiles; None: the
-    default), all timed in alternation with the chains."""
+    """One row per recurrence (a name or a list of them) and value of `block_rows` (recurrence.BLOCK_ROWS
+    while the step compiles; None: the default), all timed in alternation with the chains."""
     import statistics
 
     import jax
@@ -168,30 +171,31 @@ def measure(
 
     default_rows = recurrence_lib.BLOCK_ROWS
     trains = []
-    for rows in block_rows:
-        recurrence_lib.BLOCK_ROWS = default_rows if rows is None else rows
-        train, devices, hidden = train_fn(batch, steps, recurrence, cell)
-        best_ms(train)  # compiles now, with this BLOCK_ROWS
-        trains.append((recurrence_lib.BLOCK_ROWS, train))
+    for rec in [recurrence] if isinstance(recurrence, str) else recurrence:
+        for rows in block_rows if rec == "fused" else [None]:  # the blocks are the XLA loops'
+            recurrence_lib.BLOCK_ROWS = default_rows if rows is None else rows
+            train, devices, hidden = train_fn(batch, steps, rec, cell)
+            best_ms(train)  # compiles now, with this BLOCK_ROWS
+            trains.append((rec, recurrence_lib.BLOCK_ROWS, train))
     recurrence_lib.BLOCK_ROWS = default_rows
     per_device = batch // devices
     chain = chain_fn(per_device, hidden, jax.devices()[0], cell)
     everywhere = chain_everywhere_fn(per_device, hidden, cell) if devices > 1 else chain
     for _ in range(2):  # compile and warm up
-        for _, train in trains:
+        for *_, train in trains:
             best_ms(train)
         best_ms(chain)
         best_ms(everywhere)
     step_ms, chain_ms, everywhere_ms = [[] for _ in trains], [], []
     for _ in range(repeats):
-        for k, (_, train) in enumerate(trains):
+        for k, (*_, train) in enumerate(trains):
             step_ms[k].append(best_ms(train) / steps)
         chain_ms.append(best_ms(chain, chain_calls))
         everywhere_ms.append(best_ms(everywhere, chain_calls))
     bare, busy = min(chain_ms), min(everywhere_ms)
     flop = 2 * T * per_device * hidden * hidden * (4 if cell == "lstm" else 1)
     out = []
-    for (rows, _), times in zip(trains, step_ms, strict=True):
+    for (rec, rows, _), times in zip(trains, step_ms, strict=True):
         step = min(times)
         out.append(
             {
@@ -199,7 +203,7 @@ def measure(
                 "devices": devices,
                 "per_device_batch": per_device,
                 "cell": cell,
-                "recurrence": recurrence,
+                "recurrence": rec,
                 "block_rows": rows,
                 "block_steps": recurrence_lib.block_steps(T, per_device, rows),
                 "step_ms": step,
@@ -220,13 +224,14 @@ def measure(
 
 def format_rows(rows: list[dict]) -> str:
     head = (
-        "| batch | devices x per-device batch | backward blocks | step ms (median) | bare chain ms | step / 3 chains "
-        "| chain on all devices at once ms | step / 3 of those | chain GFLOP/s | samples/s |"
+        "| batch | devices x per-device batch | recurrence | backward blocks | step ms (median) | bare chain ms "
+        "| step / 3 chains | chain on all devices at once ms | step / 3 of those | chain GFLOP/s | samples/s |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
+        blocks = f"{r['block_steps']} steps" if r["recurrence"] == "fused" else "-"
         lines.append(
-            f"| {r['batch']} | {r['devices']} x {r['per_device_batch']} | {r['block_steps']} steps "
+            f"| {r['batch']} | {r['devices']} x {r['per_device_batch']} | {r['recurrence']} | {blocks} "
             f"| {r['step_ms']:.2f} ({r['step_ms_median']:.2f}) | {r['chain_ms']:.2f} "
             f"| {r['ratio_to_3_chains']:.2f}x | {r['chain_all_devices_ms']:.2f} "
             f"| {r['ratio_to_3_chains_all_devices']:.2f}x | {r['chain_gflops']:.1f} | {r['samples_per_s']:,.0f} |"

@@ -7,7 +7,7 @@ from Python (cheap, pure Python).
 
 import math
 
-from irnn_jax import input_pipeline, optim, recurrence, sweep
+from irnn_jax import input_pipeline, native, optim, recurrence, sweep
 from irnn_jax import model as model_lib
 
 OPTIMIZERS = optim.OPTIMIZERS
@@ -40,12 +40,17 @@ def validate_config(config) -> None:
         f"data_dir and data_source name two sources ({c.data_dir!r}, {c.data_source!r}); set one",
     )
     need(c.cell in model_lib.CELLS, f"cell must be one of {model_lib.CELLS}, got {c.cell!r}")
-    recurrences = recurrence.RECURRENCES
+    recurrences = recurrence.CONFIG_VALUES
     need(c.recurrence in recurrences, f"recurrence must be one of {recurrences}, got {c.recurrence!r}")
     need(
         recurrence.supports(c.recurrence, c.cell),
         f"recurrence {c.recurrence!r} cannot run cell {c.cell!r}; set recurrence to 'fused' for it",
     )
+    if c.recurrence == "native":  # not built, not on CPU, or too wide: say so before anything runs
+        try:
+            native.check("relu", c.hidden_size)
+        except native.NativeUnavailable as e:
+            need(False, str(e))
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")
     need_int("warmup_steps", 0)

@@ -178,24 +178,25 @@ class SequenceClassifier(nn.Module):
     input_init_std: float = 0.001
     head_sizes: Sequence[int] = ()
     head_activation: str = "sigmoid"
-    recurrence: str = "scan"  # "scan" (nn.scan, the reference), or "fused" / "pallas" (recurrence.supports)
+    recurrence: str = "scan"  # "scan" (nn.scan, the reference), "fused", "pallas", "native" or "auto" (recurrence.py)
 
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
         cell_cls, kwargs = make_cell(self.cell, self.hidden_size, self.recurrent_gain, self.input_init_std, name="rnn")
         if not recurrence_lib.supports(self.recurrence, self.cell):
-            raise ValueError(f"recurrence {self.recurrence!r} supports the simple RNN cells, not {self.cell!r}")
-        if self.recurrence == "scan":
+            raise ValueError(f"recurrence {self.recurrence!r} cannot run cell {self.cell!r} (recurrence.supports)")
+        rec = recurrence_lib.resolve(self.recurrence, self.cell, self.hidden_size)
+        if rec == "scan":
             scan = nn.scan(cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1)
             carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
             carry, _ = scan(**kwargs)(carry, x_BxTxC)
             y = cell_cls.output(carry)
         elif self.cell == "lstm":
             params = LSTMParams(**kwargs)(x_BxTxC.shape[-1])
-            y = lstm_lib.final_state(self.recurrence, params, x_BxTxC)
+            y = lstm_lib.final_state(rec, params, x_BxTxC)
         else:
             params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
-            y = recurrence_lib.final_state(self.recurrence, params, x_BxTxC, kwargs["activation"])
+            y = recurrence_lib.final_state(rec, params, x_BxTxC, kwargs["activation"])
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)

@@ -19,6 +19,9 @@ classifier reads; `params` holds `kernel` (C,H), `recurrent_kernel` (H,H), `bias
   presets use it.
 * "pallas": the same custom_vjp with both loops as Pallas kernels (`irnn_jax/pallas_rnn.py`) that
   keep W_rec on chip for all T steps ("persistent RNN"). Interpret mode on CPU.
+* "native": both loops as native CPU kernels, one XLA FFI call each way (`irnn_jax/native.py`,
+  `csrc/rnn_kernel.cc`, built by `pip install`): CPU, ReLU cells, up to 128 hidden units.
+* "auto" (a config value, not a computation): "native" where it can run, else "fused" (`resolve`).
 
 Only h_T is an output, so the cotangent enters the backward loop at step T alone; the custom
 rules do not support a loss on intermediate states (use "scan" for that).
@@ -29,16 +32,38 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from irnn_jax import pallas_rnn
+from irnn_jax import native, pallas_rnn
 
-RECURRENCES = ("scan", "fused", "pallas")
+RECURRENCES = ("scan", "fused", "pallas", "native")
+CONFIG_VALUES = (*RECURRENCES, "auto")  # what config.recurrence may say
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
+NATIVE_CELLS = ("irnn", "rnn_relu")  # the ReLU cells
+
+
 def supports(recurrence: str, cell: str) -> bool:
-    """Whether `recurrence` can run `cell`: "scan" and "fused" run any cell (the LSTM's "fused" is
-    `irnn_jax/lstm.py`); "pallas" the simple RNNs only."""
+    """Whether `recurrence` can run `cell`: "scan", "fused" and "auto" run any cell (the LSTM's "fused"
+    is `irnn_jax/lstm.py`); "pallas" the simple RNNs only; "native" the ReLU ones (NATIVE_CELLS)."""
+    if recurrence == "native":
+        return cell in NATIVE_CELLS
     return recurrence != "pallas" or cell != "lstm"
+
+
+def resolve(recurrence: str, cell: str, hidden_size: int, platform: str | None = None) -> str:
+    """The recurrence that runs for config.recurrence: "auto" is "native" where the kernel is built and
+    takes the cell and size on this platform (CPU), and "fused" everywhere else; any other value is
+    itself. All give the same results to float32 rounding; a run resumed on another machine may change
+    between them (run.json records which ran in each session)."""
+    if recurrence != "auto":
+        return recurrence
+    if cell in NATIVE_CELLS:
+        try:
+            native.check("relu", hidden_size, platform)
+            return "native"
+        except native.NativeUnavailable:
+            pass
+    return "fused"
 
 
 def activation_fn(name: str):
@@ -258,4 +283,6 @@ def final_state(
     params = {k: params[k] for k in ("kernel", "recurrent_kernel", "bias")}
     if recurrence == "scan":
         return scan_final_state(params, x_BxTxC, activation)
+    if recurrence == "native":
+        return native.final_state(params, x_BxTxC, activation)
     return _custom_final_state(recurrence, activation, unroll, params, x_BxTxC)

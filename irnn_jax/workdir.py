@@ -21,6 +21,8 @@ from pathlib import Path
 import jax
 from absl import logging
 
+from irnn_jax import recurrence
+
 LOCK_NAME = ".lock"
 RUN_JSON = "run.json"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -153,6 +155,11 @@ def experiment_of(config) -> str:
     return "row_mnist" if config.task == "row" else "pixel_mnist"
 
 
+def resolved_recurrence(config) -> str:
+    """The recurrence this session runs (config.recurrence "auto" resolves per machine)."""
+    return recurrence.resolve(config.recurrence, config.cell, config.hidden_size)
+
+
 def record_session(
     workdir: Path,
     config,
@@ -172,6 +179,7 @@ def record_session(
             "machine": machine_id(),
             "jax": jax.__version__,
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
+            **({"recurrence": resolved_recurrence(config)} if "recurrence" in config else {}),
             "started": _now(),
             **code_version(),
             "start_step": start_step,

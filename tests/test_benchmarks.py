@@ -93,12 +93,15 @@ def test_compare_times_the_lstm_step():
 def test_step_ratio_command_line(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "benchmarks.step_ratio", "--batch_sizes=4", "--steps=2", "--repeats=1",
-         "--chain_calls=1", "--cpu_devices=2", "--block_rows=512,2", f"--json_out={tmp_path / 'r.json'}"],
+         "--chain_calls=1", "--cpu_devices=2", "--block_rows=512,2", "--recurrence=fused,native",
+         f"--json_out={tmp_path / 'r.json'}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    row, step_by_step = json.loads((tmp_path / "r.json").read_text())["rows"]
+    row, step_by_step, kernel = json.loads((tmp_path / "r.json").read_text())["rows"]
     assert (row["block_steps"], step_by_step["block_steps"]) == (196, 1)  # at 2 per device: 196 | 784, <= 256
+    assert [r["recurrence"] for r in (row, step_by_step, kernel)] == ["fused", "fused", "native"]
+    assert kernel["step_ms"] > 0 and "| native | - |" in out.stdout
     assert (row["batch"], row["devices"], row["per_device_batch"]) == (4, 2, 2)
     assert row["ratio_to_3_chains"] == pytest.approx(row["step_ms"] / (3 * row["chain_ms"]))
     assert row["ratio_to_3_chains_all_devices"] == pytest.approx(row["step_ms"] / (3 * row["chain_all_devices_ms"]))

@@ -61,6 +61,8 @@ def test_scan_matches_the_recurrence_written_out(cell, act):
         ("fused", "rnn_tanh", 28),
         ("fused", "lstm", 784),
         ("fused", "lstm", 28),
+        ("native", "irnn", 784),
+        ("native", "rnn_relu", 28),
         pytest.param("pallas", "irnn", 30, marks=pytest.mark.slow),  # interpret mode on CPU
         pytest.param("pallas", "rnn_relu", 30, marks=pytest.mark.slow),
     ],
@@ -90,5 +92,5 @@ def test_every_recurrence_gives_the_reference_loss_and_gradients(recurrence, cel
 
 def test_pallas_refuses_the_lstm():
     m = model.SequenceClassifier(num_outputs=2, cell="lstm", hidden_size=4, recurrence="pallas")
-    with pytest.raises(ValueError, match="supports the simple RNN cells"):
+    with pytest.raises(ValueError, match="cannot run cell"):
         m.init(jax.random.key(0), jnp.zeros((1, 3, 1)))

@@ -1,0 +1,113 @@
+"""Recurrence "native": the simple ReLU RNN's two loops as native CPU kernels (XLA FFI).
+
+`csrc/rnn_kernel.cc`, compiled by the package's own build (`setup.py`, when `pip install` runs)
+into `irnn_jax/_rnn_kernel*.so`, holds two handlers: the forward loop over T steps, keeping the
+states each step starts from, and the backward loop with the weight gradients summed in blocks of
+about 512 rows. Each is one XLA custom call per training step, so none of XLA's per-step loop
+work is paid; each step's (B, H) x (H, H) product runs in a register-blocked kernel on 16-float
+vectors. The arithmetic is recurrence "fused"'s (`irnn_jax/recurrence.py`), summed in another
+order: equal to "scan" to float32 rounding, values and gradients (`tests/test_native.py`).
+
+What it runs: CPU only, the ReLU cells (irnn, rnn_relu), float32, 1 to 128 hidden units. Anything
+else, and a machine where the kernel was not built (no C++ compiler at install), is refused with a
+clear error by `check`; "fused" is the XLA path for all of them.
+"""
+
+import ctypes
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+LANES = 16  # floats per vector in the kernel: rows are padded to a multiple of it
+MAX_HIDDEN = 128
+
+
+class NativeUnavailable(RuntimeError):
+    """The native kernel cannot run this: not built, another platform, cell or size."""
+
+
+@functools.cache
+def _load() -> str | None:
+    """Registers the kernel's two FFI targets; None when they are registered, else why not."""
+    found = sorted(Path(__file__).parent.glob("_rnn_kernel*.so"))
+    if not found:
+        return (
+            "the native kernel is not built (irnn_jax/_rnn_kernel*.so is missing): reinstall with a C++ compiler "
+            "present (`pip install -e .`), or use --config.recurrence=fused"
+        )
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(found[-1]))
+    except OSError as e:
+        return f"the native kernel {found[-1].name} does not load ({e}); rebuild it with `pip install -e .`"
+    for name, symbol in (("irnn_rnn_forward", lib.IrnnRnnForward), ("irnn_rnn_backward", lib.IrnnRnnBackward)):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
+    return None
+
+
+def available() -> bool:
+    return _load() is None
+
+
+def check(activation: str, hidden_size: int, platform: str | None = None) -> None:
+    """Raises NativeUnavailable, with the reason and what to use instead, unless "native" can run
+    a simple RNN of this activation and size on `platform` (default: JAX's default backend)."""
+    platform = platform or jax.default_backend()
+    if platform != "cpu":
+        raise NativeUnavailable(f"recurrence 'native' runs on CPU only, not {platform}; use 'fused'")
+    if activation != "relu":
+        raise NativeUnavailable(f"recurrence 'native' runs the ReLU cells only, not {activation}; use 'fused'")
+    if not 1 <= hidden_size <= MAX_HIDDEN:
+        raise NativeUnavailable(f"recurrence 'native' takes 1 to {MAX_HIDDEN} hidden units, not {hidden_size}")
+    reason = _load()
+    if reason:
+        raise NativeUnavailable(reason)
+
+
+def padded(h: int) -> int:
+    return -(-h // LANES) * LANES
+
+
+def _forward(params, x_TxBxC, keep_states):
+    t, b, _ = x_TxBxC.shape
+    h = params["recurrent_kernel"].shape[0]
+    states = jax.ShapeDtypeStruct((t if keep_states else 0, b, padded(h)), jnp.float32)
+    call = jax.ffi.ffi_call(
+        "irnn_rnn_forward", (states, jax.ShapeDtypeStruct((b, h), jnp.float32)), vmap_method="sequential"
+    )
+    return call(x_TxBxC, params["kernel"], params["recurrent_kernel"], params["bias"])
+
+
+@jax.custom_vjp
+def _final_state(params, x_BxTxC):
+    return _forward(params, jnp.swapaxes(x_BxTxC, 0, 1), keep_states=False)[1]
+
+
+def _fwd(params, x_BxTxC):
+    x_TxBxC = jnp.swapaxes(x_BxTxC, 0, 1)
+    states_TxBxHp, h_last_BxH = _forward(params, x_TxBxC, keep_states=True)
+    return h_last_BxH, (x_TxBxC, states_TxBxHp, h_last_BxH, params["kernel"], params["recurrent_kernel"])
+
+
+def _bwd(residuals, dh_BxH):
+    x_TxBxC, states_TxBxHp, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
+    f32 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
+    call = jax.ffi.ffi_call(
+        "irnn_rnn_backward",
+        (f32(x_TxBxC), f32(w_in_CxH), f32(w_rec_HxH), jax.ShapeDtypeStruct(w_rec_HxH.shape[:1], jnp.float32)),
+        vmap_method="sequential",
+    )
+    dx_TxBxC, d_w_in, d_w_rec, d_b = call(x_TxBxC, states_TxBxHp, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH)
+    grads = {"kernel": d_w_in, "recurrent_kernel": d_w_rec, "bias": d_b}
+    return grads, jnp.swapaxes(dx_TxBxC, 0, 1)
+
+
+_final_state.defvjp(_fwd, _bwd)
+
+
+def final_state(params: dict, x_BxTxC: jax.Array, activation: str = "relu") -> jax.Array:
+    """h_T (B, H) of the simple ReLU RNN over x (B, T, C), float32, through the native kernels."""
+    params = {k: jnp.asarray(params[k], jnp.float32) for k in ("kernel", "recurrent_kernel", "bias")}
+    check(activation, params["recurrent_kernel"].shape[0])
+    return _final_state(params, jnp.asarray(x_BxTxC, jnp.float32))

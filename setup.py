@@ -1,0 +1,38 @@
+"""The package's build: pyproject.toml holds the metadata; this adds the one compiled part.
+
+csrc/rnn_kernel.cc, the native CPU kernel of recurrence "native" (irnn_jax/native.py), is compiled
+against the XLA FFI headers that jaxlib ships (a build requirement in pyproject.toml) into
+irnn_jax/_rnn_kernel*.so. It is optional: where it cannot be built (no C++ compiler), the install
+goes on, and recurrence "native" says why it cannot run when asked for; "scan" and "fused" need
+nothing compiled. IRNN_JAX_NATIVE_FLAGS replaces the default "-O3 -march=native" (the kernel is
+built for the machine that installs it; set e.g. "-O3 -march=x86-64-v3" to build for others).
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+
+def ffi_include_dir() -> str:
+    """jaxlib's include folder (what jax.ffi.include_dir() returns), found without importing jax."""
+    spec = importlib.util.find_spec("jaxlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("building the native kernel needs jaxlib (pyproject.toml lists it under build-system)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "include")
+
+
+flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", "-O3 -march=native").split()
+setup(
+    ext_modules=[
+        Extension(
+            "irnn_jax._rnn_kernel",
+            sources=["csrc/rnn_kernel.cc"],
+            include_dirs=[ffi_include_dir()],
+            extra_compile_args=["-std=c++17", "-Wno-attributes", "-Wno-return-type", *flags],
+            language="c++",
+            optional=True,
+        )
+    ]
+)

@@ -1,0 +1,121 @@
+"""Recurrence "native" (the C++ kernels of csrc/rnn_kernel.cc through XLA FFI) equals "scan", the
+reference, to float32 rounding: values and gradients at the shapes its vector blocking treats apart,
+a training run's metric rows, a sweep's runs; and it refuses what it cannot run, with the reason.
+
+Tolerances as in tests/test_recurrence.py: the kernel sums the same products in another order."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irnn_jax import config_check, loop, native, recurrence, sweep
+from tests.conftest import read_rows, tiny_config
+from tests.test_recurrence import check_against_scan, make_params
+
+
+def test_the_kernel_is_built_where_a_compiler_is():
+    """`pip install -e .` compiles it (setup.py); on a machine with a C++ compiler, CI's among them, a
+    missing kernel is a broken build, not a reason to test less."""
+    if shutil.which("c++") or shutil.which("g++"):
+        assert native.available(), native._load()
+
+
+# (batch, steps, inputs, hidden): batch below, at and off the kernel's row blocks of 3 and 4; hidden
+# within one vector of 16, off a multiple of it (the pixel presets' 100), exactly 8 vectors (128).
+SHAPES = [(2, 8, 3, 1), (3, 12, 2, 5), (4, 9, 3, 16), (7, 12, 1, 100), (5, 10, 28, 50), (16, 6, 2, 128)]
+
+
+@pytest.mark.parametrize("w_rec", ["identity", "random"])
+@pytest.mark.parametrize("batch,steps,inputs,hidden", SHAPES)
+def test_native_matches_scan(batch, steps, inputs, hidden, w_rec):
+    x_BxTxC = jnp.asarray(np.random.default_rng(1).normal(size=(batch, steps, inputs)), jnp.float32)
+    params = make_params(inputs, hidden, w_rec, seed=2)
+    check_against_scan("native", "relu", params, x_BxTxC, rtol=1e-5)
+
+
+def test_native_matches_scan_over_784_pixels_in_many_blocks():
+    """The pixel presets' length and width at a device's batch of 16: the backward runs 24 blocks of
+    32 steps (K*B = 512 rows), and ReLU units switch on and off along the way."""
+    x_BxTxC = jnp.asarray(np.random.default_rng(3).uniform(0, 1, (16, 784, 1)), jnp.float32)
+    rng = np.random.default_rng(4)
+    params = make_params(1, 100, "identity", seed=4)
+    params["recurrent_kernel"] = jnp.asarray(0.97 * np.eye(100) + rng.normal(0, 0.002, (100, 100)), jnp.float32)
+    params["bias"] = params["bias"] - 0.05
+    check_against_scan("native", "relu", params, x_BxTxC, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "activation,hidden,platform,reason",
+    [
+        ("tanh", 8, "cpu", "ReLU cells only"),
+        ("relu", 129, "cpu", "1 to 128 hidden units"),
+        ("relu", 8, "gpu", "CPU only"),
+    ],
+)
+def test_what_it_cannot_run_is_refused_with_the_reason(activation, hidden, platform, reason):
+    with pytest.raises(native.NativeUnavailable, match=reason):
+        native.check(activation, hidden, platform)
+
+
+def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "__file__", str(tmp_path / "native.py"))  # a package folder with no .so
+    native._load.cache_clear()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="pip install -e"):
+            native.check("relu", 8)
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+    assert native.available() == bool(shutil.which("c++") or shutil.which("g++"))
+
+
+def test_the_config_check_names_what_native_cannot_run(idx_dir):
+    for overrides, message in (
+        (dict(cell="rnn_tanh"), "cannot run cell 'rnn_tanh'"),
+        (dict(cell="lstm"), "cannot run cell 'lstm'"),
+        (dict(hidden_size=200), "1 to 128 hidden units"),
+    ):
+        with pytest.raises(config_check.ConfigError, match=message):
+            config_check.validate_config(tiny_config(idx_dir, recurrence="native", **overrides))
+    assert recurrence.supports("native", "irnn") and recurrence.supports("native", "rnn_relu")
+
+
+def test_a_run_with_native_gives_the_rows_of_scan(idx_dir, tmp_path):
+    """The whole training loop (the keras preset shrunk: 784 steps, batch 4), metric rows to 1e-4."""
+    rows = {}
+    for rec in ("native", "scan"):
+        loop.train_and_evaluate(tiny_config(idx_dir, recurrence=rec, hidden_size=20), tmp_path / rec)
+        rows[rec] = read_rows(tmp_path / rec)
+    assert [r["step"] for r in rows["native"]] == [5, 10, 12]
+    for got, want in zip(rows["native"], rows["scan"], strict=True):
+        assert got == {k: pytest.approx(v, rel=1e-4, abs=1e-7) for k, v in want.items()}
+
+
+def test_each_run_of_a_native_sweep_equals_the_run_alone(idx_dir, tmp_path):
+    """On CPU a sweep steps its runs one after the other (lax.map): each native call sees one run."""
+    config = tiny_config(idx_dir, recurrence="native", num_train_steps=4, eval_every_steps=2, sweep="seed=0,1")
+    result = loop.train_and_evaluate(config, tmp_path / "sweep")
+    name, alone_config = sweep.expand(config)[1]
+    alone = loop.train_and_evaluate(alone_config, tmp_path / "alone")
+    jax.tree.map(
+        lambda a, b: np.testing.assert_array_equal(a, b), sweep.unstack(result.state.params, 1), alone.state.params
+    )
+    assert read_rows(tmp_path / "sweep" / "runs" / name) == read_rows(tmp_path / "alone")
+
+
+def test_auto_is_native_where_it_can_run_and_fused_elsewhere(idx_dir, tmp_path):
+    built = "native" if native.available() else "fused"
+    assert [recurrence.resolve("auto", cell, 100) for cell in ("irnn", "rnn_relu", "rnn_tanh", "lstm")] == [
+        built, built, "fused", "fused"
+    ]  # fmt: skip
+    assert recurrence.resolve("auto", "irnn", 100, platform="gpu") == "fused"
+    assert recurrence.resolve("auto", "irnn", 129) == "fused"
+    assert recurrence.resolve("fused", "irnn", 100) == "fused" and recurrence.resolve("scan", "lstm", 8) == "scan"
+    # run.json records what ran in each session: a run moved between machines may change.
+    loop.train_and_evaluate(tiny_config(idx_dir, recurrence="auto", num_train_steps=2, eval_every_steps=2), tmp_path)
+    (session,) = json.loads((tmp_path / "run.json").read_text())["sessions"]
+    assert session["recurrence"] == built
