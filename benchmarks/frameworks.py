@@ -73,7 +73,7 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
     import jax
 
     from experiments.configs import pixel_mnist
-    from irnn_jax import data, loop, parallel
+    from irnn_jax import data, loop, parallel, recurrence
 
     devices = parallel.use_cpu_devices(spec.get("cpu_devices", 0), spec["batch"])
     dev = jax.devices()[0]
@@ -103,7 +103,8 @@ def setup_jax(spec: dict, mark_baseline: Callable[[], None]) -> Runner:
         device=f"cpu x {mesh.size}" if on_cpu else f"{dev.platform} ({dev.device_kind}) x {mesh.size}",
         platform="cpu" if on_cpu else "gpu",
         threads=str(_cores()) if on_cpu else "-",
-        variant=f"recurrence={config.recurrence}, {mesh.size} device(s)"
+        variant=f"recurrence={recurrence.resolve(config.recurrence, config.cell, config.hidden_size)}, "
+        f"{mesh.size} device(s)"
         + ("" if devices is None or not on_cpu else f" (--cpu_devices={spec.get('cpu_devices', 0)})"),
         versions={"jax": jax.__version__, "flax": flax.__version__},
         device_peak_mib=device_peak,

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from benchmarks import compare, recurrence_cpu
-from irnn_jax import parallel
+from irnn_jax import native, parallel
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # benchmark subprocesses
@@ -36,7 +36,8 @@ def test_jax_runs_and_missing_framework_is_skipped(tmp_path, monkeypatch):
     # Split like the training command: one CPU device per core, as many as divide the batch of 2.
     devices = parallel.cpu_device_count(0, 2, parallel.usable_cores())
     assert (row["framework"], row["batch"], row["device"]) == ("jax", 2, f"cpu x {devices}")
-    assert row["variant"] == f"recurrence=fused, {devices} device(s) (--cpu_devices=0)"
+    ran = "native" if native.available() else "fused"  # the preset's "auto", as it resolved here
+    assert row["variant"] == f"recurrence={ran}, {devices} device(s) (--cpu_devices=0)"
     assert row["samples_per_s"] > 0 and row["jax_speedup"] == pytest.approx(1.0)
     assert row["flop_per_s"] == pytest.approx(compare.flop_per_sample(8) * row["samples_per_s"])
     assert saved["matmul_peak"]["cpu"]["flop_per_s"] > 0 and row["peak_fraction"] > 0
