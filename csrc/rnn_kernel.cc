@@ -28,11 +28,14 @@ namespace {
 constexpr int kLanes = 16;
 constexpr int kBlockRows = 512;  // rows (steps x batch) of one block of the weight gradients' sums
 typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+// Loads and stores go through this type, which assumes no alignment: XLA's buffers (x, states) need
+// not be 64-byte aligned; on aligned data (the kernel's own buffers) it costs nothing more.
+typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
 
 inline vec splat(float s) { return vec{} + s; }  // a broadcast (GCC's vector-scalar arithmetic)
 
-inline vec* V(float* p) { return reinterpret_cast<vec*>(p); }
-inline const vec* V(const float* p) { return reinterpret_cast<const vec*>(p); }
+inline uvec* V(float* p) { return reinterpret_cast<uvec*>(p); }
+inline const uvec* V(const float* p) { return reinterpret_cast<const uvec*>(p); }
 
 struct FreeDeleter {
   void operator()(float* p) const { std::free(p); }
@@ -52,7 +55,7 @@ Floats zeros(size_t n) {
 template <int NV, int RB>
 inline void rows_times(const float* in, int in_stride, const float* M, int K, int Hp, vec (&acc)[RB][NV]) {
   for (int k = 0; k < K; ++k) {
-    const vec* m = V(M + static_cast<size_t>(k) * Hp);
+    const uvec* m = V(M + static_cast<size_t>(k) * Hp);
     vec s[RB];
     #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + k]);
@@ -105,7 +108,7 @@ inline void accumulate_rows(const float* A, int a_stride, int k, const float* D,
     for (int v = 0; v < NV; ++v) acc[q][v] = V(G + static_cast<size_t>(k + q) * Hp)[v];
   for (int n = 0; n < N; ++n) {
     const float* a = A + static_cast<size_t>(n) * a_stride + k;
-    const vec* d = V(D + static_cast<size_t>(n) * Hp);
+    const uvec* d = V(D + static_cast<size_t>(n) * Hp);
     vec s[KR];
     #pragma GCC unroll 16
     for (int q = 0; q < KR; ++q) s[q] = splat(a[q]);
@@ -205,7 +208,7 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
       for (int v = 0; v < NV; ++v) V(g_b.get())[v] += V(dz_blk + static_cast<size_t>(n) * Hp)[v];
     // dx[t, i, c] = dz[t, i, :] . W_in[c, :]
     for (int n = 0; n < N; ++n) {
-      const vec* d = V(dz_blk + static_cast<size_t>(n) * Hp);
+      const uvec* d = V(dz_blk + static_cast<size_t>(n) * Hp);
       for (int c = 0; c < C; ++c) {
         vec s = splat(0.0f);
         #pragma GCC unroll 16
