@@ -181,6 +181,23 @@ def test_the_cells20_presets_use_the_learning_rates_the_committed_sweeps_chose()
         assert f"cells20_{cell}{'_permuted' if order == 'permuted' else ''}" in pixel_mnist.PRESETS
 
 
+def test_irnn_fast_trains_at_the_peak_rates_its_committed_screens_chose():
+    """The 3-epoch screens on validation (docs/results/runs/search_val_3ep_*): pixel order, the warm-up's
+    runs at three peak rates; permuted order, one sweep of three. Each preset takes the best."""
+    runs = {run.name: run for run in report.load_all() if run.name.startswith("search_val_3ep_")}
+
+    def best(names):
+        final = {runs[n].config["learning_rate"]: runs[n].rows[-1]["validation_accuracy"] for n in names}
+        return max(final, key=final.get)
+
+    pixel = ["search_val_3ep_warmup600", "search_val_3ep_warmup600_lr1e-4", "search_val_3ep_warmup600_lr2.5e-5"]
+    permuted = [n for n in runs if n.startswith("search_val_3ep_permuted_lr/")]
+    assert len(permuted) == 3
+    assert pixel_mnist.IRNN_FAST_LR == {"pixel": best(pixel), "permuted": best(permuted)}
+    for preset, order in (("irnn_fast", "pixel"), ("irnn_fast_permuted", "permuted")):
+        assert pixel_mnist.get_config(preset).learning_rate == pixel_mnist.IRNN_FAST_LR[order]
+
+
 def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():
     """The recurrence changes no result beyond float32 rounding: seeds run with "scan" and with the
     preset's "fused" are one configuration, and each printed command reproduces its own run."""
