@@ -95,7 +95,11 @@ def overrides(run: Run, with_recurrence: bool = False) -> dict:
     skip = _BOOKKEEPING | {"seed"}
     if with_recurrence:
         skip = skip - {"recurrence"}
-    return {k: v for k, v in run.config.items() if k not in skip and checkpoint.as_json(preset.get(k)) != v}
+    # A field of base.py that the run predates had the value base.py gives it, what the older code did
+    # (a run from before spike skipping skipped nothing): set against a preset that changed it since.
+    older = {k: checkpoint.as_json(v) for k, v in base.base_config().to_dict().items() if k in preset}
+    config = older | run.config
+    return {k: v for k, v in config.items() if k not in skip and checkpoint.as_json(preset.get(k)) != v}
 
 
 def planned_steps(run: Run) -> int:
