@@ -1,4 +1,4 @@
-// Native CPU kernels of the simple ReLU RNN's recurrence, h_{t+1} = relu(x_t W_in + h_t W_rec + b),
+// Native CPU kernels of the simple RNN's recurrence, h_{t+1} = act(x_t W_in + h_t W_rec + b), act relu or tanh,
 // as two XLA FFI handlers that `irnn_jax/native.py` registers and calls (recurrence "native"):
 //
 //   IrnnRnnForward:  x (T, B, C), W_in (C, H), W_rec (H, H), b (H)
@@ -10,7 +10,8 @@
 // each way: no per-step loop overhead, every per-step (B, H) x (H, H) product done by a register-
 // blocked micro-kernel on 16-float vectors, and the weight gradients summed in blocks of about
 // kBlockRows rows while those rows are in cache. Rows are padded to Hp, a multiple of 16 floats, with
-// zeros that stay zero (relu(0) = 0), so every vector load is whole and aligned. Float sums run in
+// zeros that stay zero (relu(0) = tanh(0) = 0), so every vector load is whole. tanh is a rational
+// approximation good to 3e-7 relative (kTanh*; XLA's CPU tanh is one of the same kind). Float sums run in
 // another order than XLA's: equal to it to float32 rounding (tests/test_native.py).
 #include <algorithm>
 #include <cstddef>
@@ -33,6 +34,45 @@ typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
 
 inline vec splat(float s) { return vec{} + s; }  // a broadcast (GCC's vector-scalar arithmetic)
+
+// tanh(x) = x P(x^2) / Q(x^2) on [-7.9988, 7.9988] (+-1 to float precision beyond), x itself below
+// 4e-4: within 3e-7 relative of tanh over [-20, 20], checked against std::tanh in double.
+inline vec tanh_approx(vec x) {
+  const vec lim = splat(7.99881172180175781f);
+  vec xc = x > lim ? lim : x;
+  xc = xc < -lim ? -lim : xc;
+  const vec x2 = xc * xc;
+  vec p = splat(-2.76076847742355e-16f);
+  p = p * x2 + splat(2.00018790482477e-13f);
+  p = p * x2 + splat(-8.60467152213735e-11f);
+  p = p * x2 + splat(5.12229709037114e-08f);
+  p = p * x2 + splat(1.48572235717979e-05f);
+  p = p * x2 + splat(6.37261928875436e-04f);
+  p = p * x2 + splat(4.89352455891786e-03f);
+  vec q = splat(1.19825839466702e-06f);
+  q = q * x2 + splat(1.18534705686654e-04f);
+  q = q * x2 + splat(2.26843463243900e-03f);
+  q = q * x2 + splat(4.89352518554385e-03f);
+  const vec r = xc * p / q;
+  const vec ax = x < splat(0.0f) ? -x : x;
+  return ax < splat(0.0004f) ? x : r;
+}
+
+enum Activation { kRelu = 0, kTanh = 1 };
+
+template <int ACT>
+inline vec activate(vec z) {
+  if (ACT == kTanh) return tanh_approx(z);
+  const vec zero = splat(0.0f);
+  return z > zero ? z : zero;
+}
+
+// act'(z) * g, written with h = act(z): relu, g where h > 0; tanh, g (1 - h^2).
+template <int ACT>
+inline vec times_derivative(vec h, vec g) {
+  if (ACT == kTanh) return g * (splat(1.0f) - h * h);
+  return h > splat(0.0f) ? g : splat(0.0f);
+}
 
 inline uvec* V(float* p) { return reinterpret_cast<uvec*>(p); }
 inline const uvec* V(const float* p) { return reinterpret_cast<const uvec*>(p); }
@@ -68,8 +108,8 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
   }
 }
 
-// One forward step for rows [i, i + RB): out = relu(b + x W_in + h W_rec).
-template <int NV, int RB>
+// One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec).
+template <int NV, int RB, int ACT>
 inline void forward_rows(const float* h, const float* x, int C, const float* Winp, const float* Wp, const float* bp,
                          int H, int Hp, float* out) {
   vec acc[RB][NV];
@@ -79,11 +119,10 @@ inline void forward_rows(const float* h, const float* x, int C, const float* Win
     for (int v = 0; v < NV; ++v) acc[r][v] = V(bp)[v];
   rows_times<NV, RB>(x, C, Winp, C, Hp, acc);
   rows_times<NV, RB>(h, Hp, Wp, H, Hp, acc);
-  const vec zero = splat(0.0f);
   #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) V(out + static_cast<size_t>(r) * Hp)[v] = acc[r][v] > zero ? acc[r][v] : zero;
+    for (int v = 0; v < NV; ++v) V(out + static_cast<size_t>(r) * Hp)[v] = activate<ACT>(acc[r][v]);
 }
 
 // dh_out[r, :] = dz[r, :] @ W_rec^T for rows [i, i + RB) (WTp: W_rec^T padded, H x Hp).
@@ -142,7 +181,7 @@ Floats padded(const float* src, int rows, int H, int Hp) {
   return dst;
 }
 
-template <int NV>
+template <int NV, int ACT>
 void forward(int T, int B, int C, int H, const float* x, const float* w_in, const float* w_rec, const float* b,
              float* states, float* h_last) {
   const int Hp = NV * kLanes;
@@ -157,15 +196,15 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
     const float* xt = x + static_cast<size_t>(t) * B * C;
     int i = 0;
     for (; i + RB <= B; i += RB)
-      forward_rows<NV, RB>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
+      forward_rows<NV, RB, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
     for (; i < B; ++i)
-      forward_rows<NV, 1>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
+      forward_rows<NV, 1, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
     h = out;
   }
   for (int i = 0; i < B; ++i) std::memcpy(h_last + static_cast<size_t>(i) * H, h + static_cast<size_t>(i) * Hp, H * sizeof(float));
 }
 
-template <int NV>
+template <int NV, int ACT>
 void backward(int T, int B, int C, int H, const float* x, const float* states, const float* h_last_in,
               const float* dh_in, const float* w_in, const float* w_rec, float* dx, float* dw_in, float* dw_rec,
               float* db) {
@@ -187,12 +226,9 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
   Floats dz = zeros(static_cast<size_t>(K) * slab);
   for (int t0 = T - K; t0 >= 0; t0 -= K) {
     for (int t = t0 + K - 1; t >= t0; --t) {
-      const float* h_out = (t == T - 1) ? h_last.get() : states + (t + 1) * slab;  // relu(z_t)
+      const float* h_out = (t == T - 1) ? h_last.get() : states + (t + 1) * slab;  // act(z_t)
       float* dz_t = dz.get() + (t - t0) * slab;
-      for (size_t n = 0; n < slab / kLanes; ++n) {
-        vec hv = V(h_out)[n];
-        V(dz_t)[n] = hv > splat(0.0f) ? V(dh.get())[n] : splat(0.0f);
-      }
+      for (size_t n = 0; n < slab / kLanes; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
       if (t == 0) break;  // dh_0 is unused: h_0 is a constant
       int i = 0;
       for (; i + RB <= B; i += RB) backprop_rows<NV, RB>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
@@ -227,35 +263,52 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
 
 constexpr int kMaxVectors = 8;  // H <= 128
 
-template <template <int> class F, typename... Args>
-void dispatch(int nv, Args... args) {
+template <template <int, int> class F, int ACT, typename... Args>
+void dispatch_width(int nv, Args... args) {
   switch (nv) {
-    case 1: F<1>::run(args...); break;
-    case 2: F<2>::run(args...); break;
-    case 3: F<3>::run(args...); break;
-    case 4: F<4>::run(args...); break;
-    case 5: F<5>::run(args...); break;
-    case 6: F<6>::run(args...); break;
-    case 7: F<7>::run(args...); break;
-    case 8: F<8>::run(args...); break;
+    case 1: F<1, ACT>::run(args...); break;
+    case 2: F<2, ACT>::run(args...); break;
+    case 3: F<3, ACT>::run(args...); break;
+    case 4: F<4, ACT>::run(args...); break;
+    case 5: F<5, ACT>::run(args...); break;
+    case 6: F<6, ACT>::run(args...); break;
+    case 7: F<7, ACT>::run(args...); break;
+    case 8: F<8, ACT>::run(args...); break;
   }
 }
 
-template <int NV>
+// F<vectors per row, activation>::run(args...): the loops compiled for each width and activation.
+template <template <int, int> class F, typename... Args>
+void dispatch(int nv, int32_t activation, Args... args) {
+  if (activation == kTanh)
+    dispatch_width<F, kTanh>(nv, args...);
+  else
+    dispatch_width<F, kRelu>(nv, args...);
+}
+
+template <int NV, int ACT>
 struct Forward {
   template <typename... Args>
-  static void run(Args... args) { forward<NV>(args...); }
+  static void run(Args... args) { forward<NV, ACT>(args...); }
 };
-template <int NV>
+template <int NV, int ACT>
 struct Backward {
   template <typename... Args>
-  static void run(Args... args) { backward<NV>(args...); }
+  static void run(Args... args) { backward<NV, ACT>(args...); }
 };
+
+ffi::Error check_activation(int32_t activation) {
+  if (activation != kRelu && activation != kTanh)
+    return ffi::Error::InvalidArgument("activation must be 0 (relu) or 1 (tanh)");
+  return ffi::Error::Success();
+}
 
 int vectors(int64_t H) { return static_cast<int>((H + kLanes - 1) / kLanes); }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_rec,
-                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> h_last) {
+                       ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> h_last,
+                       int32_t activation) {
+  if (auto e = check_activation(activation); e.failure()) return e;
   auto xd = x.dimensions();
   if (xd.size() != 3) return ffi::Error::InvalidArgument("x must be (T, B, C)");
   const int64_t T = xd[0], B = xd[1], C = xd[2], H = w_rec.dimensions()[0];
@@ -265,7 +318,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_in, ffi:
   if (sd.size() != 3 || sd[1] != B || sd[2] != nv * kLanes || (sd[0] != T && sd[0] != 0))
     return ffi::Error::InvalidArgument("states must be (T, B, Hp) or (0, B, Hp)");
   float* keep = sd[0] == T ? states->typed_data() : nullptr;
-  dispatch<Forward>(nv, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
+  dispatch<Forward>(nv, activation, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
                     static_cast<const float*>(x.typed_data()), static_cast<const float*>(w_in.typed_data()),
                     static_cast<const float*>(w_rec.typed_data()), static_cast<const float*>(b.typed_data()), keep,
                     h_last->typed_data());
@@ -275,7 +328,8 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_in, ffi:
 ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> states, ffi::Buffer<ffi::F32> h_last,
                         ffi::Buffer<ffi::F32> dh, ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_rec,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dw_in,
-                        ffi::ResultBuffer<ffi::F32> dw_rec, ffi::ResultBuffer<ffi::F32> db) {
+                        ffi::ResultBuffer<ffi::F32> dw_rec, ffi::ResultBuffer<ffi::F32> db, int32_t activation) {
+  if (auto e = check_activation(activation); e.failure()) return e;
   auto xd = x.dimensions();
   if (xd.size() != 3) return ffi::Error::InvalidArgument("x must be (T, B, C)");
   const int64_t T = xd[0], B = xd[1], C = xd[2], H = w_rec.dimensions()[0];
@@ -284,7 +338,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> states, f
   auto sd = states.dimensions();
   if (sd.size() != 3 || sd[0] != T || sd[1] != B || sd[2] != nv * kLanes)
     return ffi::Error::InvalidArgument("states must be (T, B, Hp), as the forward kept them");
-  dispatch<Backward>(nv, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
+  dispatch<Backward>(nv, activation, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
                      static_cast<const float*>(x.typed_data()), static_cast<const float*>(states.typed_data()),
                      static_cast<const float*>(h_last.typed_data()), static_cast<const float*>(dh.typed_data()),
                      static_cast<const float*>(w_in.typed_data()), static_cast<const float*>(w_rec.typed_data()),
@@ -301,7 +355,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrnnRnnForward, ForwardImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("activation"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IrnnRnnBackward, BackwardImpl,
                               ffi::Ffi::Bind()
@@ -314,4 +369,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrnnRnnBackward, BackwardImpl,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int32_t>("activation"));

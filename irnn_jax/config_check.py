@@ -48,7 +48,7 @@ def validate_config(config) -> None:
     )
     if c.recurrence == "native":  # not built, not on CPU, or too wide: say so before anything runs
         try:
-            native.check("relu", c.hidden_size)
+            native.check(recurrence.NATIVE_CELLS.get(c.cell, "relu"), c.hidden_size)
         except native.NativeUnavailable as e:
             need(False, str(e))
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")

@@ -1,4 +1,4 @@
-"""Recurrence "native": the simple ReLU RNN's two loops as native CPU kernels (XLA FFI).
+"""Recurrence "native": the simple RNN's two loops as native CPU kernels (XLA FFI).
 
 `csrc/rnn_kernel.cc`, compiled by the package's own build (`setup.py`, when `pip install` runs)
 into `irnn_jax/_rnn_kernel*.so`, holds two handlers: the forward loop over T steps, keeping the
@@ -8,9 +8,10 @@ work is paid; each step's (B, H) x (H, H) product runs in a register-blocked ker
 vectors. The arithmetic is recurrence "fused"'s (`irnn_jax/recurrence.py`), summed in another
 order: equal to "scan" to float32 rounding, values and gradients (`tests/test_native.py`).
 
-What it runs: CPU only, the ReLU cells (irnn, rnn_relu), float32, 1 to 128 hidden units. Anything
-else, and a machine where the kernel was not built (no C++ compiler at install), is refused with a
-clear error by `check`; "fused" is the XLA path for all of them.
+What it runs: CPU only, the simple RNN cells (irnn, rnn_relu: relu; rnn_tanh: tanh, a rational
+approximation within 3e-7 of tanh, of the kind XLA's CPU tanh is), float32, 1 to 128 hidden units.
+Anything else, and a machine where the kernel was not built (no C++ compiler at install), is refused
+with a clear error by `check`; "fused" is the XLA path for all of them.
 """
 
 import ctypes
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LANES = 16  # floats per vector in the kernel: rows are padded to a multiple of it
 MAX_HIDDEN = 128
+ACTIVATION_CODES = {"relu": 0, "tanh": 1}  # the kernel's `activation` attribute
 
 
 class NativeUnavailable(RuntimeError):
@@ -56,8 +59,8 @@ def check(activation: str, hidden_size: int, platform: str | None = None) -> Non
     platform = platform or jax.default_backend()
     if platform != "cpu":
         raise NativeUnavailable(f"recurrence 'native' runs on CPU only, not {platform}; use 'fused'")
-    if activation != "relu":
-        raise NativeUnavailable(f"recurrence 'native' runs the ReLU cells only, not {activation}; use 'fused'")
+    if activation not in ACTIVATION_CODES:
+        raise NativeUnavailable(f"recurrence 'native' runs relu and tanh cells only, not {activation}; use 'fused'")
     if not 1 <= hidden_size <= MAX_HIDDEN:
         raise NativeUnavailable(f"recurrence 'native' takes 1 to {MAX_HIDDEN} hidden units, not {hidden_size}")
     reason = _load()
@@ -69,28 +72,29 @@ def padded(h: int) -> int:
     return -(-h // LANES) * LANES
 
 
-def _forward(params, x_TxBxC, keep_states):
+def _forward(params, x_TxBxC, keep_states, activation):
     t, b, _ = x_TxBxC.shape
     h = params["recurrent_kernel"].shape[0]
     states = jax.ShapeDtypeStruct((t if keep_states else 0, b, padded(h)), jnp.float32)
     call = jax.ffi.ffi_call(
         "irnn_rnn_forward", (states, jax.ShapeDtypeStruct((b, h), jnp.float32)), vmap_method="sequential"
     )
-    return call(x_TxBxC, params["kernel"], params["recurrent_kernel"], params["bias"])
+    code = np.int32(ACTIVATION_CODES[activation])
+    return call(x_TxBxC, params["kernel"], params["recurrent_kernel"], params["bias"], activation=code)
 
 
-@jax.custom_vjp
-def _final_state(params, x_BxTxC):
-    return _forward(params, jnp.swapaxes(x_BxTxC, 0, 1), keep_states=False)[1]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _final_state(activation, params, x_BxTxC):
+    return _forward(params, jnp.swapaxes(x_BxTxC, 0, 1), False, activation)[1]
 
 
-def _fwd(params, x_BxTxC):
+def _fwd(activation, params, x_BxTxC):
     x_TxBxC = jnp.swapaxes(x_BxTxC, 0, 1)
-    states_TxBxHp, h_last_BxH = _forward(params, x_TxBxC, keep_states=True)
+    states_TxBxHp, h_last_BxH = _forward(params, x_TxBxC, True, activation)
     return h_last_BxH, (x_TxBxC, states_TxBxHp, h_last_BxH, params["kernel"], params["recurrent_kernel"])
 
 
-def _bwd(residuals, dh_BxH):
+def _bwd(activation, residuals, dh_BxH):
     x_TxBxC, states_TxBxHp, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
     f32 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
     call = jax.ffi.ffi_call(
@@ -98,7 +102,15 @@ def _bwd(residuals, dh_BxH):
         (f32(x_TxBxC), f32(w_in_CxH), f32(w_rec_HxH), jax.ShapeDtypeStruct(w_rec_HxH.shape[:1], jnp.float32)),
         vmap_method="sequential",
     )
-    dx_TxBxC, d_w_in, d_w_rec, d_b = call(x_TxBxC, states_TxBxHp, h_last_BxH, dh_BxH, w_in_CxH, w_rec_HxH)
+    dx_TxBxC, d_w_in, d_w_rec, d_b = call(
+        x_TxBxC,
+        states_TxBxHp,
+        h_last_BxH,
+        dh_BxH,
+        w_in_CxH,
+        w_rec_HxH,
+        activation=np.int32(ACTIVATION_CODES[activation]),
+    )
     grads = {"kernel": d_w_in, "recurrent_kernel": d_w_rec, "bias": d_b}
     return grads, jnp.swapaxes(dx_TxBxC, 0, 1)
 
@@ -107,7 +119,7 @@ _final_state.defvjp(_fwd, _bwd)
 
 
 def final_state(params: dict, x_BxTxC: jax.Array, activation: str = "relu") -> jax.Array:
-    """h_T (B, H) of the simple ReLU RNN over x (B, T, C), float32, through the native kernels."""
+    """h_T (B, H) of the simple RNN over x (B, T, C), float32, through the native kernels."""
     params = {k: jnp.asarray(params[k], jnp.float32) for k in ("kernel", "recurrent_kernel", "bias")}
     check(activation, params["recurrent_kernel"].shape[0])
-    return _final_state(params, jnp.asarray(x_BxTxC, jnp.float32))
+    return _final_state(activation, params, jnp.asarray(x_BxTxC, jnp.float32))

@@ -63,6 +63,7 @@ def test_scan_matches_the_recurrence_written_out(cell, act):
         ("fused", "lstm", 28),
         ("native", "irnn", 784),
         ("native", "rnn_relu", 28),
+        ("native", "rnn_tanh", 784),
         pytest.param("pallas", "irnn", 30, marks=pytest.mark.slow),  # interpret mode on CPU
         pytest.param("pallas", "rnn_relu", 30, marks=pytest.mark.slow),
     ],

@@ -215,5 +215,5 @@ def get_config(preset: str = "keras"):
         c.checkpoint_every_seconds = 600.0
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
-    c.recurrence = "auto"  # native kernel where built (ReLU cells, CPU), else fused: the fastest (docs/performance.md)
+    c.recurrence = "auto"  # native kernel where built (simple RNNs, CPU), else fused: the fastest (docs/performance.md)
     return c
