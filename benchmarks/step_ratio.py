@@ -159,9 +159,9 @@ def best_ms(call, calls: int = 1) -> float:
 
 
 def measure(
-    batch: int, steps: int, repeats: int, chain_calls: int, recurrence, block_rows=(None,), cell: str = "irnn"
+    batch: int, steps: int, repeats: int, chain_calls: int, recurrences, block_rows=(None,), cell: str = "irnn"
 ) -> list:
-    """One row per recurrence (a name or a list of them) and value of `block_rows` (recurrence.BLOCK_ROWS
+    """One row per recurrence in `recurrences` and value of `block_rows` (recurrence.BLOCK_ROWS
     while the step compiles; None: the default), all timed in alternation with the chains."""
     import statistics
 
@@ -171,7 +171,7 @@ def measure(
 
     default_rows = recurrence_lib.BLOCK_ROWS
     trains = []
-    for rec in [recurrence] if isinstance(recurrence, str) else recurrence:
+    for rec in recurrences:
         for rows in block_rows if rec == "fused" else [None]:  # the blocks are the XLA loops'
             recurrence_lib.BLOCK_ROWS = default_rows if rows is None else rows
             train, devices, hidden = train_fn(batch, steps, rec, cell)

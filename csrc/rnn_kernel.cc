@@ -164,15 +164,17 @@ inline void accumulate_rows(const float* A, int a_stride, int k, const float* D,
     for (int v = 0; v < NV; ++v) V(G + static_cast<size_t>(k + q) * Hp)[v] = acc[q][v];
 }
 
+// Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels:
+// RB x NV accumulators plus RB broadcasts fit the 32 vector registers.
+constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
+
 template <int NV>
 void accumulate(const float* A, int a_stride, int K, const float* D, int N, int Hp, float* G) {
-  constexpr int KR = NV <= 4 ? 4 : (NV <= 7 ? 3 : 2);
+  constexpr int KR = row_block(NV);
   int k = 0;
   for (; k + KR <= K; k += KR) accumulate_rows<NV, KR>(A, a_stride, k, D, N, Hp, G);
   for (; k < K; ++k) accumulate_rows<NV, 1>(A, a_stride, k, D, N, Hp, G);
 }
-
-constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
 
 // Pads a (rows, H) matrix to (rows, Hp) with zeros.
 Floats padded(const float* src, int rows, int H, int Hp) {

@@ -46,9 +46,9 @@ def validate_config(config) -> None:
         recurrence.supports(c.recurrence, c.cell),
         f"recurrence {c.recurrence!r} cannot run cell {c.cell!r}; set recurrence to 'fused' for it",
     )
-    if c.recurrence == "native":  # not built, not on CPU, or too wide: say so before anything runs
+    if c.recurrence == "native" and c.cell in recurrence.NATIVE_CELLS:  # not built, not on CPU, too wide
         try:
-            native.check(recurrence.NATIVE_CELLS.get(c.cell, "relu"), c.hidden_size)
+            native.check(recurrence.NATIVE_CELLS[c.cell], c.hidden_size)
         except native.NativeUnavailable as e:
             need(False, str(e))
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
