@@ -1,11 +1,13 @@
 """The package's build: pyproject.toml holds the metadata; this adds the one compiled part.
 
-csrc/rnn_kernel.cc, the native CPU kernel of recurrence "native" (irnn_jax/native.py), is compiled
-against the XLA FFI headers that jaxlib ships (a build requirement in pyproject.toml) into
-irnn_jax/_rnn_kernel*.so. It is optional: where it cannot be built (no C++ compiler), the install
-goes on, and recurrence "native" says why it cannot run when asked for; "scan" and "fused" need
-nothing compiled. IRNN_JAX_NATIVE_FLAGS replaces the default "-O3 -march=native" (the kernel is
-built for the machine that installs it; set e.g. "-O3 -march=x86-64-v3" to build for others).
+csrc/rnn_kernel.cc and csrc/lstm_kernel.cc (with csrc/kernels.h), the native CPU kernels of recurrence
+"native" (irnn_jax/native.py: the simple RNN and the LSTM), are compiled against the XLA FFI headers
+that jaxlib ships (a build requirement in pyproject.toml) into one library, irnn_jax/_rnn_kernel*.so.
+It is optional: where it cannot be built (no C++ compiler), the install goes on, and recurrence
+"native" says why it cannot run when asked for; "scan" and "fused" need nothing compiled. MANIFEST.in
+puts the C++ sources into a source distribution. IRNN_JAX_NATIVE_FLAGS replaces the default
+"-O3 -march=native" (the kernel is built for the machine that installs it; set e.g.
+"-O3 -march=x86-64-v3" to build for others).
 """
 
 import importlib.util
@@ -28,8 +30,9 @@ setup(
     ext_modules=[
         Extension(
             "irnn_jax._rnn_kernel",
-            sources=["csrc/rnn_kernel.cc"],
-            include_dirs=[ffi_include_dir()],
+            sources=["csrc/rnn_kernel.cc", "csrc/lstm_kernel.cc"],
+            depends=["csrc/kernels.h"],
+            include_dirs=[ffi_include_dir(), "csrc"],
             extra_compile_args=["-std=c++17", "-Wno-attributes", "-Wno-return-type", *flags],
             language="c++",
             optional=True,

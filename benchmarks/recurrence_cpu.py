@@ -3,7 +3,7 @@
     python -m benchmarks.recurrence_cpu              # the table: scan, and fused per unroll
     python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 16 and 512
     python -m benchmarks.recurrence_cpu --backward   # only: fused's two backward forms, batch 16 to 512
-    python -m benchmarks.recurrence_cpu --lstm       # only: the LSTM's scan and fused gradients, side by side
+    python -m benchmarks.recurrence_cpu --lstm       # only: the LSTM's scan, fused and native gradients
 
 The step is value_and_grad of softmax cross-entropy of a Dense(10) head on h_T (hidden 100, T = 784,
 C = 1), w.r.t. all parameters, jitted; reported is the median of `--reps` timed calls after two
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from irnn_jax import model, recurrence
+from irnn_jax import model, native, recurrence
 
 T, C, H, K = 784, 1, 100, 10
 
@@ -167,13 +167,16 @@ def backward_forms(batch_sizes, reps: int) -> None:
 
 def lstm_table(batch_sizes, reps: int) -> None:
     """The LSTM's training gradient (the model as the command line builds it, softmax cross-entropy,
-    value_and_grad w.r.t. all parameters), "scan" (`nn.scan` of the cell) beside "fused"."""
+    value_and_grad w.r.t. all parameters), "scan" (`nn.scan` of the cell) beside "fused" and, where
+    the kernel is built, "native"."""
+    names = ("scan", "fused", "native") if native.available() else ("scan", "fused")
     print(f"\nLSTM({H}), {T} steps: value_and_grad, median (min) ms")
-    print(f"{'batch':>6} {'scan':>16} {'fused':>16} {'scan / fused':>13}")
+    header = " ".join(f"{n:>16}" for n in names) + " " + " ".join(f"{'scan / ' + n:>15}" for n in names[1:])
+    print(f"{'batch':>6} {header}")
     for batch in batch_sizes:
         _, x_BxTxC, labels_B = make_inputs(batch)
         calls = {}
-        for name in ("scan", "fused"):
+        for name in names:
             net = model.SequenceClassifier(num_outputs=K, cell="lstm", hidden_size=H, recurrence=name)
             params = net.init(jax.random.key(0), x_BxTxC[:1])["params"]
 
@@ -183,12 +186,9 @@ def lstm_table(batch_sizes, reps: int) -> None:
 
             calls[name] = functools.partial(jax.jit(jax.value_and_grad(loss)), params, x_BxTxC, labels_B)
         times = time_ms(calls, reps)
-        (scan_med, scan_min), (fused_med, fused_min) = times["scan"], times["fused"]
-        print(
-            f"{batch:>6} {scan_med:>8.1f} ({scan_min:>5.1f}) {fused_med:>8.1f} ({fused_min:>5.1f}) "
-            f"{scan_min / fused_min:>12.2f}x",
-            flush=True,
-        )
+        cells = " ".join(f"{times[n][0]:>8.1f} ({times[n][1]:>5.1f})" for n in names)
+        ratios = " ".join(f"{times['scan'][1] / times[n][1]:>14.2f}x" for n in names[1:])
+        print(f"{batch:>6} {cells} {ratios}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile_batches", default="16,512", help="batch sizes to --profile (per device)")
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     parser.add_argument("--backward_batches", default="16,64,128,256,512", help="batch sizes for --backward")
-    parser.add_argument("--lstm", action="store_true", help="only: the LSTM's scan and fused, side by side")
+    parser.add_argument("--lstm", action="store_true", help="only: the LSTM's scan, fused and native, side by side")
     parser.add_argument("--seq_len", type=int, default=T, help="time steps (smaller only for quick checks)")
     parser.add_argument("--hidden", type=int, default=H, help="hidden units (smaller only for quick checks)")
     args = parser.parse_args(argv)

@@ -9,54 +9,17 @@
 // The same arithmetic as the XLA loops of recurrence "fused" (irnn_jax/recurrence.py), in one call
 // each way: no per-step loop overhead, every per-step (B, H) x (H, H) product done by a register-
 // blocked micro-kernel on 16-float vectors, and the weight gradients summed in blocks of about
-// kBlockRows rows while those rows are in cache. Rows are padded to Hp, a multiple of 16 floats, with
+// kBlockRows rows while those rows are in cache (csrc/kernels.h). Rows are padded to Hp, a multiple of 16 floats, with
 // zeros that stay zero (relu(0) = tanh(0) = 0), so every vector load is whole. tanh is a rational
 // approximation good to 3e-7 relative (kTanh*; XLA's CPU tanh is one of the same kind). Float sums run in
 // another order than XLA's: equal to it to float32 rounding (tests/test_native.py).
-#include <algorithm>
-#include <cstddef>
-#include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <memory>
-
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "kernels.h"
 
 namespace {
 
-constexpr int kLanes = 16;
+using namespace irnn_kernels;
+
 constexpr int kBlockRows = 512;  // rows (steps x batch) of one block of the weight gradients' sums
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
-// Loads and stores go through this type, which assumes no alignment: XLA's buffers (x, states) need
-// not be 64-byte aligned; on aligned data (the kernel's own buffers) it costs nothing more.
-typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
-
-inline vec splat(float s) { return vec{} + s; }  // a broadcast (GCC's vector-scalar arithmetic)
-
-// tanh(x) = x P(x^2) / Q(x^2) on [-7.9988, 7.9988] (+-1 to float precision beyond), x itself below
-// 4e-4: within 3e-7 relative of tanh over [-20, 20], checked against std::tanh in double.
-inline vec tanh_approx(vec x) {
-  const vec lim = splat(7.99881172180175781f);
-  vec xc = x > lim ? lim : x;
-  xc = xc < -lim ? -lim : xc;
-  const vec x2 = xc * xc;
-  vec p = splat(-2.76076847742355e-16f);
-  p = p * x2 + splat(2.00018790482477e-13f);
-  p = p * x2 + splat(-8.60467152213735e-11f);
-  p = p * x2 + splat(5.12229709037114e-08f);
-  p = p * x2 + splat(1.48572235717979e-05f);
-  p = p * x2 + splat(6.37261928875436e-04f);
-  p = p * x2 + splat(4.89352455891786e-03f);
-  vec q = splat(1.19825839466702e-06f);
-  q = q * x2 + splat(1.18534705686654e-04f);
-  q = q * x2 + splat(2.26843463243900e-03f);
-  q = q * x2 + splat(4.89352518554385e-03f);
-  const vec r = xc * p / q;
-  const vec ax = x < splat(0.0f) ? -x : x;
-  return ax < splat(0.0004f) ? x : r;
-}
 
 enum Activation { kRelu = 0, kTanh = 1 };
 
@@ -72,40 +35,6 @@ template <int ACT>
 inline vec times_derivative(vec h, vec g) {
   if (ACT == kTanh) return g * (splat(1.0f) - h * h);
   return h > splat(0.0f) ? g : splat(0.0f);
-}
-
-inline uvec* V(float* p) { return reinterpret_cast<uvec*>(p); }
-inline const uvec* V(const float* p) { return reinterpret_cast<const uvec*>(p); }
-
-struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
-};
-using Floats = std::unique_ptr<float[], FreeDeleter>;
-
-// n floats, 64-byte aligned, zeroed.
-Floats zeros(size_t n) {
-  size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
-  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
-  if (p) std::memset(p, 0, bytes);
-  return Floats(p);
-}
-
-// out[r, :] (r < RB) = init[r] + sum_k in[r, k] * M[k, :], over NV vectors of 16: the rows of `in`
-// (stride in_stride) times the K x Hp matrix M. RB rows share each load of M.
-template <int NV, int RB>
-inline void rows_times(const float* in, int in_stride, const float* M, int K, int Hp, vec (&acc)[RB][NV]) {
-  for (int k = 0; k < K; ++k) {
-    const uvec* m = V(M + static_cast<size_t>(k) * Hp);
-    vec s[RB];
-    #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + k]);
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      vec mv = m[v];
-      #pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) acc[r][v] += s[r] * mv;
-    }
-  }
 }
 
 // One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec).
@@ -136,53 +65,6 @@ inline void backprop_rows(const float* dz, const float* WTp, int H, int Hp, floa
     for (int v = 0; v < NV; ++v) V(dh_out + static_cast<size_t>(r) * Hp)[v] = acc[r][v];
 }
 
-// G[k, :] += sum_n A[n, k] * D[n, :] for k < K: the weight gradient A^T D over N rows, A with
-// stride a_stride, D with stride Hp, G K x Hp. KR rows of G at a time share each load of D.
-template <int NV, int KR>
-inline void accumulate_rows(const float* A, int a_stride, int k, const float* D, int N, int Hp, float* G) {
-  vec acc[KR][NV];
-  #pragma GCC unroll 16
-  for (int q = 0; q < KR; ++q)
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[q][v] = V(G + static_cast<size_t>(k + q) * Hp)[v];
-  for (int n = 0; n < N; ++n) {
-    const float* a = A + static_cast<size_t>(n) * a_stride + k;
-    const uvec* d = V(D + static_cast<size_t>(n) * Hp);
-    vec s[KR];
-    #pragma GCC unroll 16
-    for (int q = 0; q < KR; ++q) s[q] = splat(a[q]);
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) {
-      vec dv = d[v];
-      #pragma GCC unroll 16
-      for (int q = 0; q < KR; ++q) acc[q][v] += s[q] * dv;
-    }
-  }
-  #pragma GCC unroll 16
-  for (int q = 0; q < KR; ++q)
-    #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) V(G + static_cast<size_t>(k + q) * Hp)[v] = acc[q][v];
-}
-
-// Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels:
-// RB x NV accumulators plus RB broadcasts fit the 32 vector registers.
-constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
-
-template <int NV>
-void accumulate(const float* A, int a_stride, int K, const float* D, int N, int Hp, float* G) {
-  constexpr int KR = row_block(NV);
-  int k = 0;
-  for (; k + KR <= K; k += KR) accumulate_rows<NV, KR>(A, a_stride, k, D, N, Hp, G);
-  for (; k < K; ++k) accumulate_rows<NV, 1>(A, a_stride, k, D, N, Hp, G);
-}
-
-// Pads a (rows, H) matrix to (rows, Hp) with zeros.
-Floats padded(const float* src, int rows, int H, int Hp) {
-  Floats dst = zeros(static_cast<size_t>(rows) * Hp);
-  for (int r = 0; r < rows; ++r) std::memcpy(dst.get() + static_cast<size_t>(r) * Hp, src + static_cast<size_t>(r) * H, H * sizeof(float));
-  return dst;
-}
-
 template <int NV, int ACT>
 void forward(int T, int B, int C, int H, const float* x, const float* w_in, const float* w_rec, const float* b,
              float* states, float* h_last) {
@@ -191,19 +73,21 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
   Floats Winp = padded(w_in, C, H, Hp), Wp = padded(w_rec, H, H, Hp), bp = padded(b, 1, H, Hp);
   Floats ping = zeros(static_cast<size_t>(B) * Hp), pong = zeros(static_cast<size_t>(B) * Hp);
   const size_t slab = static_cast<size_t>(B) * Hp;
-  if (states) std::memset(states, 0, slab * sizeof(float));  // h_0 = 0
+  if (states) {
+    prefer_huge_pages(states, T * slab * sizeof(float));
+    std::memset(states, 0, slab * sizeof(float));  // h_0 = 0
+  }
   float* h = states ? states : ping.get();
   for (int t = 0; t < T; ++t) {
     float* out = (t + 1 < T && states) ? states + (t + 1) * slab : (h == ping.get() ? pong.get() : ping.get());
     const float* xt = x + static_cast<size_t>(t) * B * C;
-    int i = 0;
-    for (; i + RB <= B; i += RB)
-      forward_rows<NV, RB, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
-    for (; i < B; ++i)
-      forward_rows<NV, 1, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp, out + i * Hp);
+    over_row_blocks<RB>(B, [&](auto rows, int i) {
+      forward_rows<NV, decltype(rows)::value, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp,
+                                                  out + i * Hp);
+    });
     h = out;
   }
-  for (int i = 0; i < B; ++i) std::memcpy(h_last + static_cast<size_t>(i) * H, h + static_cast<size_t>(i) * Hp, H * sizeof(float));
+  unpad(h, B, H, Hp, h_last);
 }
 
 template <int NV, int ACT>
@@ -221,10 +105,7 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
   Floats g_rec = zeros(static_cast<size_t>(H) * Hp), g_in = zeros(static_cast<size_t>(C) * Hp), g_b = zeros(Hp);
   Floats h_last = padded(h_last_in, B, H, Hp);
   Floats dh = padded(dh_in, B, H, Hp), dh_next = zeros(slab);
-  // Block of K steps: K a divisor of T with K * B <= kBlockRows (as recurrence.block_steps).
-  int K = 1;
-  for (int k = 1; k <= std::min(T, std::max(1, kBlockRows / B)); ++k)
-    if (T % k == 0) K = k;
+  const int K = block_steps(T, B, kBlockRows);  // steps of one block of the weight gradients
   Floats dz = zeros(static_cast<size_t>(K) * slab);
   for (int t0 = T - K; t0 >= 0; t0 -= K) {
     for (int t = t0 + K - 1; t >= t0; --t) {
@@ -232,80 +113,54 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
       float* dz_t = dz.get() + (t - t0) * slab;
       for (size_t n = 0; n < slab / kLanes; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
       if (t == 0) break;  // dh_0 is unused: h_0 is a constant
-      int i = 0;
-      for (; i + RB <= B; i += RB) backprop_rows<NV, RB>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
-      for (; i < B; ++i) backprop_rows<NV, 1>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
+      over_row_blocks<RB>(B, [&](auto rows, int i) {
+        backprop_rows<NV, decltype(rows)::value>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
+      });
       std::swap(dh, dh_next);
     }
     const int N = K * B;
     const float* dz_blk = dz.get();
     accumulate<NV>(states + t0 * slab, Hp, H, dz_blk, N, Hp, g_rec.get());
     accumulate<NV>(x + static_cast<size_t>(t0) * B * C, C, C, dz_blk, N, Hp, g_in.get());
-    for (int n = 0; n < N; ++n)
-      #pragma GCC unroll 16
-      for (int v = 0; v < NV; ++v) V(g_b.get())[v] += V(dz_blk + static_cast<size_t>(n) * Hp)[v];
-    // dx[t, i, c] = dz[t, i, :] . W_in[c, :]
-    for (int n = 0; n < N; ++n) {
-      const uvec* d = V(dz_blk + static_cast<size_t>(n) * Hp);
-      for (int c = 0; c < C; ++c) {
-        vec s = splat(0.0f);
-        #pragma GCC unroll 16
-        for (int v = 0; v < NV; ++v) s += d[v] * V(Winp.get() + static_cast<size_t>(c) * Hp)[v];
-        float total = 0.0f;
-        #pragma GCC unroll 16
-        for (int l = 0; l < kLanes; ++l) total += s[l];
-        dx[(static_cast<size_t>(t0) * B + n) * C + c] = total;
-      }
-    }
+    add_row_sums(dz_blk, N, NV, g_b.get());
+    times_transposed(dz_blk, N, NV, Winp.get(), C, dx + static_cast<size_t>(t0) * B * C);  // dx = dz W_in^T
   }
-  for (int k = 0; k < H; ++k) std::memcpy(dw_rec + static_cast<size_t>(k) * H, g_rec.get() + static_cast<size_t>(k) * Hp, H * sizeof(float));
-  for (int c = 0; c < C; ++c) std::memcpy(dw_in + static_cast<size_t>(c) * H, g_in.get() + static_cast<size_t>(c) * Hp, H * sizeof(float));
-  std::memcpy(db, g_b.get(), H * sizeof(float));
+  unpad(g_rec.get(), H, H, Hp, dw_rec);
+  unpad(g_in.get(), C, H, Hp, dw_in);
+  unpad(g_b.get(), 1, H, Hp, db);
 }
 
-constexpr int kMaxVectors = 8;  // H <= 128
+template <int ACT>
+struct Forward {
+  template <int NV>
+  struct Width {
+    template <typename... Args>
+    static void run(Args... args) { forward<NV, ACT>(args...); }
+  };
+};
+template <int ACT>
+struct Backward {
+  template <int NV>
+  struct Width {
+    template <typename... Args>
+    static void run(Args... args) { backward<NV, ACT>(args...); }
+  };
+};
 
-template <template <int, int> class F, int ACT, typename... Args>
-void dispatch_width(int nv, Args... args) {
-  switch (nv) {
-    case 1: F<1, ACT>::run(args...); break;
-    case 2: F<2, ACT>::run(args...); break;
-    case 3: F<3, ACT>::run(args...); break;
-    case 4: F<4, ACT>::run(args...); break;
-    case 5: F<5, ACT>::run(args...); break;
-    case 6: F<6, ACT>::run(args...); break;
-    case 7: F<7, ACT>::run(args...); break;
-    case 8: F<8, ACT>::run(args...); break;
-  }
-}
-
-// F<vectors per row, activation>::run(args...): the loops compiled for each width and activation.
-template <template <int, int> class F, typename... Args>
+// F<activation>::Width<vectors per row>::run(args...): the loops compiled for each activation and width.
+template <template <int> class F, typename... Args>
 void dispatch(int nv, int32_t activation, Args... args) {
   if (activation == kTanh)
-    dispatch_width<F, kTanh>(nv, args...);
+    dispatch_width<F<kTanh>::template Width>(nv, args...);
   else
-    dispatch_width<F, kRelu>(nv, args...);
+    dispatch_width<F<kRelu>::template Width>(nv, args...);
 }
-
-template <int NV, int ACT>
-struct Forward {
-  template <typename... Args>
-  static void run(Args... args) { forward<NV, ACT>(args...); }
-};
-template <int NV, int ACT>
-struct Backward {
-  template <typename... Args>
-  static void run(Args... args) { backward<NV, ACT>(args...); }
-};
 
 ffi::Error check_activation(int32_t activation) {
   if (activation != kRelu && activation != kTanh)
     return ffi::Error::InvalidArgument("activation must be 0 (relu) or 1 (tanh)");
   return ffi::Error::Success();
 }
-
-int vectors(int64_t H) { return static_cast<int>((H + kLanes - 1) / kLanes); }
 
 ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_in, ffi::Buffer<ffi::F32> w_rec,
                        ffi::Buffer<ffi::F32> b, ffi::ResultBuffer<ffi::F32> states, ffi::ResultBuffer<ffi::F32> h_last,

@@ -19,6 +19,8 @@ The cell (`model.LSTMCell`, Keras gate order i, f, c, o in one kernel of width 4
   matmul each while they are in cache. Per step, the loops do one (B, H) @ (H, 4H) matmul forward
   and one (B, 4H) @ (4H, H) backward, against the several that JAX's autodiff of the scan keeps
   and replays. Timings: docs/performance.md, The LSTM.
+* "native": both loops as native CPU kernels, one XLA FFI call each way (`irnn_jax/native.py`,
+  `csrc/lstm_kernel.cc`, built by `pip install`), with "fused"'s arithmetic: CPU, up to 128 units.
 
 Only h_T is an output: the cotangent enters the backward loop at step T alone (no loss on the
 intermediate states; use "scan" for that).
@@ -27,9 +29,9 @@ intermediate states; use "scan" for that).
 import jax
 import jax.numpy as jnp
 
-from irnn_jax import recurrence
+from irnn_jax import native, recurrence
 
-RECURRENCES = ("scan", "fused")
+RECURRENCES = ("scan", "fused", "native")
 
 
 def _gates(z_Bx4H: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -160,11 +162,13 @@ _fused_final_state.defvjp(_fused_fwd, _fused_bwd)
 
 
 def final_state(recurrence: str, params: dict, x_BxTxC: jax.Array) -> jax.Array:
-    """h_T (B, H) of the LSTM over x (B, T, C), with "scan" or "fused" (equal to float32 rounding,
-    values and gradients, for any loss of h_T)."""
+    """h_T (B, H) of the LSTM over x (B, T, C), with "scan", "fused" or "native" (equal to float32
+    rounding, values and gradients, for any loss of h_T)."""
     if recurrence not in RECURRENCES:
         raise ValueError(f"the LSTM runs with recurrence {RECURRENCES}, not {recurrence!r}")
     params = {k: params[k] for k in ("kernel", "recurrent_kernel", "bias")}
     if recurrence == "scan":
         return scan_final_state(params, x_BxTxC)
+    if recurrence == "native":
+        return native.lstm_final_state(params, x_BxTxC)
     return _fused_final_state(params, x_BxTxC)

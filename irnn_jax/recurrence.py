@@ -20,7 +20,8 @@ classifier reads; `params` holds `kernel` (C,H), `recurrent_kernel` (H,H), `bias
 * "pallas": the same custom_vjp with both loops as Pallas kernels (`irnn_jax/pallas_rnn.py`) that
   keep W_rec on chip for all T steps ("persistent RNN"). Interpret mode on CPU.
 * "native": both loops as native CPU kernels, one XLA FFI call each way (`irnn_jax/native.py`,
-  `csrc/rnn_kernel.cc`, built by `pip install`): CPU, the simple RNN cells, up to 128 hidden units.
+  `csrc/rnn_kernel.cc`, built by `pip install`): CPU, up to 128 hidden units. The LSTM has its own
+  (`irnn_jax/lstm.py`, `csrc/lstm_kernel.cc`).
 * "auto" (a config value, not a computation): "native" where it can run, else "fused" (`resolve`).
 
 Only h_T is an output, so the cotangent enters the backward loop at step T alone; the custom
@@ -39,12 +40,13 @@ CONFIG_VALUES = (*RECURRENCES, "auto")  # what config.recurrence may say
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh}
 
 
-NATIVE_CELLS = {"irnn": "relu", "rnn_relu": "relu", "rnn_tanh": "tanh"}  # the simple RNNs' activations
+# The native kernel's kind (native.KINDS) for each cell it runs: the simple RNNs' activations, the LSTM.
+NATIVE_CELLS = {"irnn": "relu", "rnn_relu": "relu", "rnn_tanh": "tanh", "lstm": "lstm"}
 
 
 def supports(recurrence: str, cell: str) -> bool:
     """Whether `recurrence` can run `cell`: "scan", "fused" and "auto" run any cell (the LSTM's "fused"
-    is `irnn_jax/lstm.py`); "pallas" and "native" the simple RNNs only (NATIVE_CELLS)."""
+    and "native" are `irnn_jax/lstm.py`); "native" the cells of NATIVE_CELLS; "pallas" the simple RNNs."""
     if recurrence == "native":
         return cell in NATIVE_CELLS
     return recurrence != "pallas" or cell != "lstm"

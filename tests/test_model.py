@@ -64,6 +64,8 @@ def test_scan_matches_the_recurrence_written_out(cell, act):
         ("native", "irnn", 784),
         ("native", "rnn_relu", 28),
         ("native", "rnn_tanh", 784),
+        ("native", "lstm", 784),
+        ("native", "lstm", 28),
         pytest.param("pallas", "irnn", 30, marks=pytest.mark.slow),  # interpret mode on CPU
         pytest.param("pallas", "rnn_relu", 30, marks=pytest.mark.slow),
     ],

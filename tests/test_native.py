@@ -1,6 +1,7 @@
-"""Recurrence "native" (the C++ kernels of csrc/rnn_kernel.cc through XLA FFI) equals "scan", the
-reference, to float32 rounding: values and gradients at the shapes its vector blocking treats apart,
-a training run's metric rows, a sweep's runs; and it refuses what it cannot run, with the reason.
+"""Recurrence "native" (the C++ kernels of csrc/rnn_kernel.cc and csrc/lstm_kernel.cc through XLA FFI)
+equals "scan", the reference, to float32 rounding: values and gradients at the shapes its vector
+blocking treats apart, for the simple RNNs and the LSTM, a training run's metric rows, a sweep's runs;
+and it refuses what it cannot run, with the reason.
 
 Tolerances as in tests/test_recurrence.py: the kernel sums the same products in another order."""
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from irnn_jax import config_check, loop, native, recurrence, sweep
+from tests import test_lstm
 from tests.conftest import read_rows, tiny_config
 from tests.test_recurrence import check_against_scan, make_params
 
@@ -54,17 +56,60 @@ def test_native_tanh_matches_scan_over_784_pixels():
     check_against_scan("native", "tanh", make_params(1, 100, "random", seed=6), x_BxTxC, rtol=1e-4)
 
 
+# (batch, steps, inputs, hidden) of the LSTM: batch below, at and off the row blocks of 2 to 4; steps
+# in one block of the weight gradients and in many (at batch 3, 128 rows: blocks of 40 of 160 steps);
+# hidden of 1, off a multiple of 16 (the presets' 100), and 128; 28 inputs (row MNIST).
+LSTM_SHAPES = [(2, 9, 3, 1), (5, 30, 2, 12), (7, 28, 28, 16), (3, 160, 1, 100), (16, 12, 1, 128), (4, 20, 2, 33)]
+
+
+@pytest.mark.parametrize("batch,steps,inputs,hidden", LSTM_SHAPES)
+def test_native_lstm_matches_scan(batch, steps, inputs, hidden):
+    params = test_lstm.make_params(inputs, hidden, seed=steps + hidden)
+    x = jnp.asarray(np.random.default_rng(batch).uniform(-1, 1, (batch, steps, inputs)), jnp.float32)
+    want_h, want_grads = test_lstm.outputs("scan", params, x)
+    got_h, got_grads = test_lstm.outputs("native", params, x)
+    assert min(float(jnp.abs(g).max()) for g in jax.tree.leaves(want_grads)) > 1e-3  # every gradient is alive
+    test_lstm.assert_close(got_h, want_h, 1e-5)
+    test_lstm.assert_close(got_grads, want_grads, 1e-5)
+
+
+def test_native_lstm_matches_scan_over_784_pixels():
+    """The pixel presets' LSTM at a device's batch of 16: 98 blocks of 8 steps in the backward."""
+    params = test_lstm.make_params(1, 100, seed=7)
+    x = jnp.asarray(np.random.default_rng(8).uniform(0, 1, (16, 784, 1)), jnp.float32)
+    test_lstm.assert_close(test_lstm.outputs("native", params, x), test_lstm.outputs("scan", params, x), 1e-4)
+
+
+def test_native_lstm_would_catch_a_wrong_gate():
+    """The comparison's tolerance is far below one wrong term: swapping the input and forget gates'
+    columns moves the gradients by more than it allows."""
+    params = test_lstm.make_params(1, 8, seed=3)
+    x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (4, 40, 1)), jnp.float32)
+    _, want = test_lstm.outputs("scan", params, x)
+    swapped = {k: jnp.concatenate([v[..., 8:16], v[..., :8], v[..., 16:]], -1) for k, v in params.items()}
+    _, got = test_lstm.outputs("native", swapped, x)
+    with pytest.raises(AssertionError):
+        test_lstm.assert_close(got[0]["recurrent_kernel"], want[0]["recurrent_kernel"], 1e-4)
+
+
 @pytest.mark.parametrize(
-    "activation,hidden,platform,reason",
+    "kind,hidden,platform,reason",
     [
-        ("sigmoid", 8, "cpu", "relu and tanh cells only"),
+        ("sigmoid", 8, "cpu", "relu and tanh RNNs and the LSTM only"),
         ("relu", 129, "cpu", "1 to 128 hidden units"),
+        ("lstm", 129, "cpu", "1 to 128 hidden units"),
         ("relu", 8, "gpu", "CPU only"),
+        ("lstm", 8, "tpu", "CPU only"),
     ],
 )
-def test_what_it_cannot_run_is_refused_with_the_reason(activation, hidden, platform, reason):
+def test_what_it_cannot_run_is_refused_with_the_reason(kind, hidden, platform, reason):
     with pytest.raises(native.NativeUnavailable, match=reason):
-        native.check(activation, hidden, platform)
+        native.check(kind, hidden, platform)
+
+
+def test_the_simple_rnn_kernel_refuses_the_lstm_kind():
+    with pytest.raises(native.NativeUnavailable, match="lstm_final_state"):
+        native.final_state(make_params(1, 4, "random", seed=0), jnp.zeros((1, 3, 1)), "lstm")
 
 
 def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path):
@@ -80,13 +125,11 @@ def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path)
 
 
 def test_the_config_check_names_what_native_cannot_run(idx_dir):
-    for overrides, message in (
-        (dict(cell="lstm"), "cannot run cell 'lstm'"),
-        (dict(hidden_size=200), "1 to 128 hidden units"),
-    ):
-        with pytest.raises(config_check.ConfigError, match=message):
+    for overrides in (dict(hidden_size=200), dict(cell="lstm", hidden_size=200)):
+        with pytest.raises(config_check.ConfigError, match="1 to 128 hidden units"):
             config_check.validate_config(tiny_config(idx_dir, recurrence="native", **overrides))
-    assert all(recurrence.supports("native", cell) for cell in ("irnn", "rnn_relu", "rnn_tanh"))
+    assert all(recurrence.supports("native", cell) for cell in ("irnn", "rnn_relu", "rnn_tanh", "lstm"))
+    assert not recurrence.supports("pallas", "lstm")
 
 
 def test_a_run_with_native_gives_the_rows_of_scan(idx_dir, tmp_path):
@@ -114,10 +157,9 @@ def test_each_run_of_a_native_sweep_equals_the_run_alone(idx_dir, tmp_path):
 
 def test_auto_is_native_where_it_can_run_and_fused_elsewhere(idx_dir, tmp_path):
     built = "native" if native.available() else "fused"
-    assert [recurrence.resolve("auto", cell, 100) for cell in ("irnn", "rnn_relu", "rnn_tanh", "lstm")] == [
-        built, built, built, "fused"
-    ]  # fmt: skip
+    assert [recurrence.resolve("auto", cell, 100) for cell in ("irnn", "rnn_relu", "rnn_tanh", "lstm")] == [built] * 4
     assert recurrence.resolve("auto", "irnn", 100, platform="gpu") == "fused"
+    assert recurrence.resolve("auto", "lstm", 100, platform="gpu") == "fused"
     assert recurrence.resolve("auto", "irnn", 129) == "fused"
     assert recurrence.resolve("fused", "irnn", 100) == "fused" and recurrence.resolve("scan", "lstm", 8) == "scan"
     # run.json records what ran in each session: a run moved between machines may change.

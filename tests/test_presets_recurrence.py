@@ -1,7 +1,7 @@
 """Every preset's results are those of the reference recurrence: a short run of each cell the presets
 train, at the presets' real sizes, gives the same metric rows with the preset's recurrence ("auto":
-the native kernel for the simple RNNs where it is built, CI's machine among them, "fused", the custom
-VJPs, for the others) as with "scan" (autodiff of the scanned cell), to float32 tolerance.
+the native kernels, simple RNNs and LSTM, where they are built, CI's machine among them; "fused", the
+custom VJPs, elsewhere) as with "scan" (autodiff of the scanned cell), to float32 tolerance.
 
 The presets of one cell differ only in the optimiser, its schedule, the run's length and the
 order of the pixels (a permutation of the input before the recurrence), which both recurrences

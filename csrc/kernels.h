@@ -1,0 +1,232 @@
+// What the native kernels share (csrc/rnn_kernel.cc, the simple RNN; csrc/lstm_kernel.cc, the LSTM):
+// 16-float vectors, the rational tanh, the register-blocked micro-kernels of the per-step products and
+// of the weight gradients, zero-padded copies of the weights, the backward's block length, and the
+// dispatch of a loop compiled for each row width.
+//
+// Rows are padded to Hp, a multiple of 16 floats, so every vector load is whole.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+
+#include <sys/mman.h>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace irnn_kernels {
+
+namespace ffi = xla::ffi;
+
+constexpr int kLanes = 16;
+constexpr int kMaxVectors = 8;  // Hp <= 128: H <= 128 units
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+// Loads and stores go through this type, which assumes no alignment: XLA's buffers (x, states) need
+// not be 64-byte aligned; on aligned data (the kernel's own buffers) it costs nothing more.
+typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
+
+inline vec splat(float s) { return vec{} + s; }  // a broadcast (GCC's vector-scalar arithmetic)
+
+// tanh(x) = x P(x^2) / Q(x^2) on [-7.9988, 7.9988] (+-1 to float precision beyond), x itself below
+// 4e-4: within 3e-7 relative of tanh over [-20, 20], checked against std::tanh in double. XLA's CPU
+// tanh is an approximation of the same kind.
+inline vec tanh_approx(vec x) {
+  const vec lim = splat(7.99881172180175781f);
+  vec xc = x > lim ? lim : x;
+  xc = xc < -lim ? -lim : xc;
+  const vec x2 = xc * xc;
+  vec p = splat(-2.76076847742355e-16f);
+  p = p * x2 + splat(2.00018790482477e-13f);
+  p = p * x2 + splat(-8.60467152213735e-11f);
+  p = p * x2 + splat(5.12229709037114e-08f);
+  p = p * x2 + splat(1.48572235717979e-05f);
+  p = p * x2 + splat(6.37261928875436e-04f);
+  p = p * x2 + splat(4.89352455891786e-03f);
+  vec q = splat(1.19825839466702e-06f);
+  q = q * x2 + splat(1.18534705686654e-04f);
+  q = q * x2 + splat(2.26843463243900e-03f);
+  q = q * x2 + splat(4.89352518554385e-03f);
+  const vec r = xc * p / q;
+  const vec ax = x < splat(0.0f) ? -x : x;
+  return ax < splat(0.0004f) ? x : r;
+}
+
+inline uvec* V(float* p) { return reinterpret_cast<uvec*>(p); }
+inline const uvec* V(const float* p) { return reinterpret_cast<const uvec*>(p); }
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+using Floats = std::unique_ptr<float[], FreeDeleter>;
+
+// n floats, 64-byte aligned, zeroed.
+inline Floats zeros(size_t n) {
+  size_t bytes = ((n * sizeof(float) + 63) / 64) * 64;
+  float* p = static_cast<float*>(std::aligned_alloc(64, bytes ? bytes : 64));
+  if (p) std::memset(p, 0, bytes);
+  return Floats(p);
+}
+
+// Asks Linux for transparent huge pages (2 MB) under the 2 MB-aligned part of a large output buffer,
+// before the kernel first writes it. XLA allocates a call's outputs afresh, and glibc serves a buffer
+// above 32 MB (the backward's kept states, at batch 128 per device) by a new mmap each call: written
+// in 4 KB pages, it costs one page fault per 4 KB at every training step. With THP in "madvise" mode
+// (Debian's default) the same buffer takes one fault per 2 MB and fewer TLB misses: the IRNN's
+// value_and_grad at batch 128 went from 106-116 to 82-86 ms (docs/performance.md). Where THP is off, or
+// the range was already written, the advice changes nothing.
+inline void prefer_huge_pages(void* p, size_t bytes) {
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// A (rows, H) matrix with its rows padded to Hp with zeros: (rows, Hp).
+inline Floats padded(const float* src, int rows, int H, int Hp) {
+  Floats dst = zeros(static_cast<size_t>(rows) * Hp);
+  for (int r = 0; r < rows; ++r)
+    std::memcpy(dst.get() + static_cast<size_t>(r) * Hp, src + static_cast<size_t>(r) * H, H * sizeof(float));
+  return dst;
+}
+
+// The inverse of `padded`: (rows, Hp) into dst (rows, H).
+inline void unpad(const float* src, int rows, int H, int Hp, float* dst) {
+  for (int r = 0; r < rows; ++r)
+    std::memcpy(dst + static_cast<size_t>(r) * H, src + static_cast<size_t>(r) * Hp, H * sizeof(float));
+}
+
+// acc[r][:] += sum_k in[r, k] * M[k, :] (r < RB, k < K), over NV vectors of 16: RB rows of `in` (stride
+// in_stride) times K rows of M (stride m_stride). The RB rows share each load of M.
+template <int NV, int RB>
+inline void rows_times(const float* in, int in_stride, const float* M, int K, int m_stride, vec (&acc)[RB][NV]) {
+  for (int k = 0; k < K; ++k) {
+    const uvec* m = V(M + static_cast<size_t>(k) * m_stride);
+    vec s[RB];
+    #pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + k]);
+    #pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      vec mv = m[v];
+      #pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[r][v] += s[r] * mv;
+    }
+  }
+}
+
+// G[k + q, :] += sum_n A[n, k + q] * D[n, :] (q < KR, n < N), over NV vectors: KR rows of the weight
+// gradient A^T D. A has stride a_stride; D and G have stride stride. The KR rows share each load of D.
+template <int NV, int KR>
+inline void accumulate_rows(const float* A, int a_stride, int k, const float* D, int N, int stride, float* G) {
+  vec acc[KR][NV];
+  #pragma GCC unroll 16
+  for (int q = 0; q < KR; ++q)
+    #pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) acc[q][v] = V(G + static_cast<size_t>(k + q) * stride)[v];
+  for (int n = 0; n < N; ++n) {
+    const float* a = A + static_cast<size_t>(n) * a_stride + k;
+    const uvec* d = V(D + static_cast<size_t>(n) * stride);
+    vec s[KR];
+    #pragma GCC unroll 16
+    for (int q = 0; q < KR; ++q) s[q] = splat(a[q]);
+    #pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) {
+      vec dv = d[v];
+      #pragma GCC unroll 16
+      for (int q = 0; q < KR; ++q) acc[q][v] += s[q] * dv;
+    }
+  }
+  #pragma GCC unroll 16
+  for (int q = 0; q < KR; ++q)
+    #pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) V(G + static_cast<size_t>(k + q) * stride)[v] = acc[q][v];
+}
+
+// Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels:
+// RB x NV accumulators plus RB broadcasts fit the 32 vector registers.
+constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
+
+// f(std::integral_constant<int, R>{}, i) for blocks of R rows [i, i + R) that cover rows [0, n): R = RB
+// (row_block) while more than RB + 1 rows are left, then blocks of 3 and 2. A row left alone would run
+// at a fraction of the micro-kernel's rate (one row shares each load of the matrix with no other): at
+// batch 16 in blocks of 3, the 16th row took about a tenth of a step.
+template <int RB, typename F>
+inline void over_row_blocks(int n, F&& f) {
+  int i = 0;
+  for (; n - i > RB + 1 || n - i == RB; i += RB) f(std::integral_constant<int, RB>{}, i);
+  while (n - i > 0) {
+    const int left = n - i;
+    if (left == 1) {
+      f(std::integral_constant<int, 1>{}, i);
+      i += 1;
+    } else if (left == 2 || left == 4) {
+      f(std::integral_constant<int, 2>{}, i);
+      i += 2;
+    } else {
+      f(std::integral_constant<int, 3>{}, i);
+      i += 3;
+    }
+  }
+}
+
+// G (K rows, stride) += A^T D over N rows: all K rows of the weight gradient, a few at a time.
+template <int NV>
+void accumulate(const float* A, int a_stride, int K, const float* D, int N, int stride, float* G) {
+  over_row_blocks<row_block(NV)>(K, [&](auto rows, int k) {
+    accumulate_rows<NV, decltype(rows)::value>(A, a_stride, k, D, N, stride, G);
+  });
+}
+
+// sums[:] += the sum of the N rows of D (nw vectors each, stride nw * 16): the bias gradient.
+inline void add_row_sums(const float* D, int N, int nw, float* sums) {
+  for (int n = 0; n < N; ++n)
+    for (int v = 0; v < nw; ++v) V(sums)[v] += V(D + static_cast<size_t>(n) * nw * kLanes)[v];
+}
+
+// out[n, c] = D[n, :] . W[c, :] (n < N, c < C), rows of nw vectors: the input's gradient dz W_in^T.
+inline void times_transposed(const float* D, int N, int nw, const float* W, int C, float* out) {
+  for (int n = 0; n < N; ++n) {
+    const uvec* d = V(D + static_cast<size_t>(n) * nw * kLanes);
+    for (int c = 0; c < C; ++c) {
+      vec s = splat(0.0f);
+      for (int v = 0; v < nw; ++v) s += d[v] * V(W + static_cast<size_t>(c) * nw * kLanes)[v];
+      float total = 0.0f;
+      #pragma GCC unroll 16
+      for (int l = 0; l < kLanes; ++l) total += s[l];
+      out[static_cast<size_t>(n) * C + c] = total;
+    }
+  }
+}
+
+// The backward's block of K steps: the largest divisor K of T with K * B <= rows (as
+// irnn_jax/recurrence.py's block_steps; at least 1).
+inline int block_steps(int T, int B, int rows) {
+  int K = 1;
+  for (int k = 1; k <= std::min(T, std::max(1, rows / B)); ++k)
+    if (T % k == 0) K = k;
+  return K;
+}
+
+inline int vectors(int64_t H) { return static_cast<int>((H + kLanes - 1) / kLanes); }
+
+// F<NV>::run(args...) for nv = 1 .. kMaxVectors: a loop compiled for each row width.
+template <template <int> class F, typename... Args>
+void dispatch_width(int nv, Args... args) {
+  switch (nv) {
+    case 1: F<1>::run(args...); break;
+    case 2: F<2>::run(args...); break;
+    case 3: F<3>::run(args...); break;
+    case 4: F<4>::run(args...); break;
+    case 5: F<5>::run(args...); break;
+    case 6: F<6>::run(args...); break;
+    case 7: F<7>::run(args...); break;
+    case 8: F<8>::run(args...); break;
+  }
+}
+
+}  // namespace irnn_kernels
