@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input_init_std = 0.001  # irnn: input kernel ~ N(0, std)
     c.head_sizes = ()  # dense layers between the last state and the logits
     c.head_activation = "sigmoid"  # activation of the head_sizes layers
-    c.recurrence = "scan"  # scan, fused (any cell); pallas (GPU), native (CPU, simple RNNs); auto: native or fused
+    c.recurrence = "scan"  # scan, fused, native (CPU) for any cell; pallas (GPU, no LSTM); auto: native or fused
 
     # Optimiser.
     c.optimizer = "rmsprop"  # rmsprop, adam (both with Keras constants) or sgd
