@@ -122,12 +122,13 @@ inline void gate_gradients(int H, const float* a, const float* c_prev, const flo
   });
 }
 
-// dh_out[r, :] = dz[r, :4H] @ W_rec^T for rows [i, i + RB) (WT: (4H, Hp), W_rec^T).
-template <int NV, int RB>
+// dh_out[r, :] = dz[r, :4H] @ W_rec^T for rows [i, i + RB) (WT: (4H, Hp), W_rec^T; Q: rows_times's
+// quarter form, where H's last vector holds 1 to 4 units).
+template <int NV, int RB, bool Q>
 inline void backprop_rows(const float* dz, int S, const float* WT, int H, float* dh_out) {
   constexpr int Hp = NV * kLanes;
   vec acc[RB][NV] = {};
-  rows_times<NV, RB>(dz, S, WT, kGates * H, Hp, acc);
+  rows_times<NV, RB, Q>(dz, S, WT, kGates * H, Hp, acc);
   #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
@@ -181,7 +182,7 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
   unpad(h, B, H, Hp, h_last);
 }
 
-template <int NV>
+template <int NV, bool Q>
 void backward(int T, int B, int C, int H, const float* x, const float* gates, const float* c_keep,
               const float* h_keep, const float* dh_in, const float* w_in, const float* w_rec, float* dx, float* dw_in,
               float* dw_rec, float* db) {
@@ -207,7 +208,7 @@ void backward(int T, int B, int C, int H, const float* x, const float* gates, co
       std::swap(dc, dc_next);
       if (t == 0) break;  // (dh_0, dc_0) are unused: the initial state is a constant
       over_row_blocks<RB>(B, [&](auto rows, int i) {
-        backprop_rows<NV, decltype(rows)::value>(dz_t + i * S, S, WT.get(), H, dh_next.get() + i * Hp);
+        backprop_rows<NV, decltype(rows)::value, Q>(dz_t + i * S, S, WT.get(), H, dh_next.get() + i * Hp);
       });
       std::swap(dh, dh_next);
     }
@@ -231,7 +232,11 @@ struct Forward {
 template <int NV>
 struct Backward {
   template <typename... Args>
-  static void run(Args... args) { backward<NV>(args...); }
+  static void run(bool quarter, Args... args) {
+    if constexpr (NV >= 2)
+      if (quarter) return backward<NV, true>(args...);
+    backward<NV, false>(args...);
+  }
 };
 
 // H from W_rec (H, 4H), or an error: W_rec's shape, and H within the kernel's 1 .. 128.
@@ -285,7 +290,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> gates, ff
   const int64_t Hp = nv * kLanes;
   if (!shaped(gates, T, B, gate_stride(H)) || !shaped(c_prev, T, B, Hp) || !shaped(h_prev, T, B, Hp))
     return ffi::Error::InvalidArgument("gates, c_prev, h_prev must be (T, B, S), (T, B, Hp), (T, B, Hp), as the forward kept them");
-  dispatch_width<Backward>(nv, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
+  dispatch_width<Backward>(nv, quarter_tail(H), static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
                            static_cast<const float*>(x.typed_data()), static_cast<const float*>(gates.typed_data()),
                            static_cast<const float*>(c_prev.typed_data()), static_cast<const float*>(h_prev.typed_data()),
                            static_cast<const float*>(dh.typed_data()), static_cast<const float*>(w_in.typed_data()),

@@ -37,8 +37,8 @@ inline vec times_derivative(vec h, vec g) {
   return h > splat(0.0f) ? g : splat(0.0f);
 }
 
-// One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec).
-template <int NV, int RB, int ACT>
+// One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec) (Q: rows_times's quarter form).
+template <int NV, int RB, int ACT, bool Q>
 inline void forward_rows(const float* h, const float* x, int C, const float* Winp, const float* Wp, const float* bp,
                          int H, int Hp, float* out) {
   vec acc[RB][NV];
@@ -46,8 +46,8 @@ inline void forward_rows(const float* h, const float* x, int C, const float* Win
   for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) acc[r][v] = V(bp)[v];
-  rows_times<NV, RB>(x, C, Winp, C, Hp, acc);
-  rows_times<NV, RB>(h, Hp, Wp, H, Hp, acc);
+  rows_times<NV, RB, Q>(x, C, Winp, C, Hp, acc);
+  rows_times<NV, RB, Q>(h, Hp, Wp, H, Hp, acc);
   #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
@@ -55,17 +55,17 @@ inline void forward_rows(const float* h, const float* x, int C, const float* Win
 }
 
 // dh_out[r, :] = dz[r, :] @ W_rec^T for rows [i, i + RB) (WTp: W_rec^T padded, H x Hp).
-template <int NV, int RB>
+template <int NV, int RB, bool Q>
 inline void backprop_rows(const float* dz, const float* WTp, int H, int Hp, float* dh_out) {
   vec acc[RB][NV] = {};
-  rows_times<NV, RB>(dz, Hp, WTp, H, Hp, acc);
+  rows_times<NV, RB, Q>(dz, Hp, WTp, H, Hp, acc);
   #pragma GCC unroll 16
   for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
     for (int v = 0; v < NV; ++v) V(dh_out + static_cast<size_t>(r) * Hp)[v] = acc[r][v];
 }
 
-template <int NV, int ACT>
+template <int NV, int ACT, bool Q>
 void forward(int T, int B, int C, int H, const float* x, const float* w_in, const float* w_rec, const float* b,
              float* states, float* h_last) {
   const int Hp = NV * kLanes;
@@ -82,7 +82,7 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
     float* out = (t + 1 < T && states) ? states + (t + 1) * slab : (h == ping.get() ? pong.get() : ping.get());
     const float* xt = x + static_cast<size_t>(t) * B * C;
     over_row_blocks<RB>(B, [&](auto rows, int i) {
-      forward_rows<NV, decltype(rows)::value, ACT>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp,
+      forward_rows<NV, decltype(rows)::value, ACT, Q>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp,
                                                   out + i * Hp);
     });
     h = out;
@@ -90,7 +90,7 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
   unpad(h, B, H, Hp, h_last);
 }
 
-template <int NV, int ACT>
+template <int NV, int ACT, bool Q>
 void backward(int T, int B, int C, int H, const float* x, const float* states, const float* h_last_in,
               const float* dh_in, const float* w_in, const float* w_rec, float* dx, float* dw_in, float* dw_rec,
               float* db) {
@@ -114,14 +114,14 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
       for (size_t n = 0; n < slab / kLanes; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
       if (t == 0) break;  // dh_0 is unused: h_0 is a constant
       over_row_blocks<RB>(B, [&](auto rows, int i) {
-        backprop_rows<NV, decltype(rows)::value>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
+        backprop_rows<NV, decltype(rows)::value, Q>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
       });
       std::swap(dh, dh_next);
     }
     const int N = K * B;
     const float* dz_blk = dz.get();
-    accumulate<NV>(states + t0 * slab, Hp, H, dz_blk, N, Hp, g_rec.get());
-    accumulate<NV>(x + static_cast<size_t>(t0) * B * C, C, C, dz_blk, N, Hp, g_in.get());
+    accumulate<NV, Q>(states + t0 * slab, Hp, H, dz_blk, N, Hp, g_rec.get());
+    accumulate<NV, Q>(x + static_cast<size_t>(t0) * B * C, C, C, dz_blk, N, Hp, g_in.get());
     add_row_sums(dz_blk, N, NV, g_b.get());
     times_transposed(dz_blk, N, NV, Winp.get(), C, dx + static_cast<size_t>(t0) * B * C);  // dx = dz W_in^T
   }
@@ -130,12 +130,17 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
   unpad(g_b.get(), 1, H, Hp, db);
 }
 
+// The loops for a width and activation, in the quarter form where H's last vector holds 1 to 4 units.
 template <int ACT>
 struct Forward {
   template <int NV>
   struct Width {
     template <typename... Args>
-    static void run(Args... args) { forward<NV, ACT>(args...); }
+    static void run(bool quarter, Args... args) {
+      if constexpr (NV >= 2)
+        if (quarter) return forward<NV, ACT, true>(args...);
+      forward<NV, ACT, false>(args...);
+    }
   };
 };
 template <int ACT>
@@ -143,7 +148,11 @@ struct Backward {
   template <int NV>
   struct Width {
     template <typename... Args>
-    static void run(Args... args) { backward<NV, ACT>(args...); }
+    static void run(bool quarter, Args... args) {
+      if constexpr (NV >= 2)
+        if (quarter) return backward<NV, ACT, true>(args...);
+      backward<NV, ACT, false>(args...);
+    }
   };
 };
 
@@ -175,7 +184,7 @@ ffi::Error ForwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w_in, ffi:
   if (sd.size() != 3 || sd[1] != B || sd[2] != nv * kLanes || (sd[0] != T && sd[0] != 0))
     return ffi::Error::InvalidArgument("states must be (T, B, Hp) or (0, B, Hp)");
   float* keep = sd[0] == T ? states->typed_data() : nullptr;
-  dispatch<Forward>(nv, activation, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
+  dispatch<Forward>(nv, activation, quarter_tail(H), static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
                     static_cast<const float*>(x.typed_data()), static_cast<const float*>(w_in.typed_data()),
                     static_cast<const float*>(w_rec.typed_data()), static_cast<const float*>(b.typed_data()), keep,
                     h_last->typed_data());
@@ -195,7 +204,7 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> states, f
   auto sd = states.dimensions();
   if (sd.size() != 3 || sd[0] != T || sd[1] != B || sd[2] != nv * kLanes)
     return ffi::Error::InvalidArgument("states must be (T, B, Hp), as the forward kept them");
-  dispatch<Backward>(nv, activation, static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
+  dispatch<Backward>(nv, activation, quarter_tail(H), static_cast<int>(T), static_cast<int>(B), static_cast<int>(C), static_cast<int>(H),
                      static_cast<const float*>(x.typed_data()), static_cast<const float*>(states.typed_data()),
                      static_cast<const float*>(h_last.typed_data()), static_cast<const float*>(dh.typed_data()),
                      static_cast<const float*>(w_in.typed_data()), static_cast<const float*>(w_rec.typed_data()),
