@@ -27,8 +27,18 @@ def test_the_kernel_is_built_where_a_compiler_is():
 
 
 # (batch, steps, inputs, hidden): batch below, at and off the kernel's row blocks of 3 and 4; hidden
-# within one vector of 16, off a multiple of it (the pixel presets' 100), exactly 8 vectors (128).
-SHAPES = [(2, 8, 3, 1), (3, 12, 2, 5), (4, 9, 3, 16), (7, 12, 1, 100), (5, 10, 28, 50), (16, 6, 2, 128)]
+# within one vector of 16, off a multiple of it (the pixel presets' 100), exactly 8 vectors (128); a
+# last vector of 1 to 4 units after whole ones, computed as a quarter vector (20, 50, 100), and of 5.
+SHAPES = [
+    (2, 8, 3, 1),
+    (3, 12, 2, 5),
+    (4, 9, 3, 16),
+    (4, 9, 3, 20),
+    (3, 8, 1, 37),
+    (7, 12, 1, 100),
+    (5, 10, 28, 50),
+    (16, 6, 2, 128),
+]
 
 
 @pytest.mark.parametrize("activation,w_rec", [("relu", "identity"), ("relu", "random"), ("tanh", "random")])
