@@ -114,11 +114,15 @@ inline vec widened(vec4 q) { return __builtin_shufflevector(q, vec4{}, 0, 1, 2, 
 // at least one whole vector.
 inline bool quarter_tail(int64_t H) { return H > kLanes && H % kLanes >= 1 && H % kLanes <= 4; }
 
-// acc[r][:] += sum_k in[r, k] * M[k, :] (r < RB, k < K), over NV vectors of 16: RB rows of `in` (stride
-// in_stride) times K rows of M (stride m_stride). The RB rows share each load of M. With Q, the last
-// vector is computed as a quarter (4 floats) and comes back with its lanes 4 to 15 zero.
+// acc[r][:] += sum_k in[r, k] * M[k, :] (r < RB, k < K), over NV vectors of 16: RB rows of `in` (element
+// (r, k) at in[r * in_stride + k * k_stride]) times K rows of M (stride m_stride). The RB rows share
+// each load of M. With Q, the last vector is computed as a quarter (4 floats) and comes back with its
+// lanes 4 to 15 zero. The one micro-kernel of every product: a step's (rows of the batch times the
+// weights; k_stride 1) and a weight gradient's (A^T D: the rows of the gradient are columns of A,
+// k_stride A's row stride).
 template <int NV, int RB, bool Q = false>
-inline void rows_times(const float* in, int in_stride, const float* M, int K, int m_stride, vec (&acc)[RB][NV]) {
+inline void rows_times(const float* in, int in_stride, const float* M, int K, int m_stride, vec (&acc)[RB][NV],
+                       int k_stride = 1) {
   constexpr int NF = Q ? NV - 1 : NV;  // whole vectors
   static_assert(NF >= 1 || !Q, "the quarter form needs a whole vector before it");
   vec4 tail[RB];
@@ -130,7 +134,7 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
     const uvec* m = V(M + static_cast<size_t>(k) * m_stride);
     vec s[RB];
     #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + k]);
+    for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + static_cast<size_t>(k) * k_stride]);
     #pragma GCC unroll 16
     for (int v = 0; v < NF; ++v) {
       vec mv = m[v];
@@ -150,43 +154,20 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
 }
 
 // G[k + q, :] += sum_n A[n, k + q] * D[n, :] (q < KR, n < N), over NV vectors: KR rows of the weight
-// gradient A^T D. A has stride a_stride; D and G have stride stride. The KR rows share each load of D.
-// With Q, the last vector as a quarter (rows_times), its lanes 4 to 15 of G left zero.
+// gradient A^T D, by rows_times. A has stride a_stride; D and G have stride stride. With Q, the last
+// vector as a quarter, its lanes 4 to 15 of G left zero.
 template <int NV, int KR, bool Q = false>
 inline void accumulate_rows(const float* A, int a_stride, int k, const float* D, int N, int stride, float* G) {
-  constexpr int NF = Q ? NV - 1 : NV;
   vec acc[KR][NV];
-  vec4 tail[KR];
   #pragma GCC unroll 16
-  for (int q = 0; q < KR; ++q) {
+  for (int q = 0; q < KR; ++q)
     #pragma GCC unroll 16
-    for (int v = 0; v < NF; ++v) acc[q][v] = V(G + static_cast<size_t>(k + q) * stride)[v];
-    if constexpr (Q) tail[q] = *reinterpret_cast<const uvec4*>(G + static_cast<size_t>(k + q) * stride + NF * kLanes);
-  }
-  for (int n = 0; n < N; ++n) {
-    const float* a = A + static_cast<size_t>(n) * a_stride + k;
-    const uvec* d = V(D + static_cast<size_t>(n) * stride);
-    vec s[KR];
-    #pragma GCC unroll 16
-    for (int q = 0; q < KR; ++q) s[q] = splat(a[q]);
-    #pragma GCC unroll 16
-    for (int v = 0; v < NF; ++v) {
-      vec dv = d[v];
-      #pragma GCC unroll 16
-      for (int q = 0; q < KR; ++q) acc[q][v] += s[q] * dv;
-    }
-    if constexpr (Q) {
-      const vec4 dq = *reinterpret_cast<const uvec4*>(D + static_cast<size_t>(n) * stride + NF * kLanes);
-      #pragma GCC unroll 16
-      for (int q = 0; q < KR; ++q) tail[q] += low_quarter(s[q]) * dq;
-    }
-  }
+    for (int v = 0; v < NV; ++v) acc[q][v] = V(G + static_cast<size_t>(k + q) * stride)[v];
+  rows_times<NV, KR, Q>(A + k, 1, D, N, stride, acc, a_stride);
   #pragma GCC unroll 16
-  for (int q = 0; q < KR; ++q) {
+  for (int q = 0; q < KR; ++q)
     #pragma GCC unroll 16
-    for (int v = 0; v < NF; ++v) V(G + static_cast<size_t>(k + q) * stride)[v] = acc[q][v];
-    if constexpr (Q) *reinterpret_cast<uvec4*>(G + static_cast<size_t>(k + q) * stride + NF * kLanes) = tail[q];
-  }
+    for (int v = 0; v < NV; ++v) V(G + static_cast<size_t>(k + q) * stride)[v] = acc[q][v];
 }
 
 // Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels:
