@@ -226,6 +226,16 @@ inline void times_transposed(const float* D, int N, int nw, const float* W, int 
   }
 }
 
+// f(std::bool_constant<Q>{}): Q = quarter where a row of NV vectors can take rows_times's quarter form
+// (a whole vector before it: NV >= 2), else false. The loops are compiled both ways and picked at run
+// time (quarter_tail).
+template <int NV, typename F>
+inline void with_quarter(bool quarter, F&& f) {
+  if constexpr (NV >= 2)
+    if (quarter) return f(std::true_type{});
+  f(std::false_type{});
+}
+
 // The backward's block of K steps: the largest divisor K of T with K * B <= rows (as
 // irnn_jax/recurrence.py's block_steps; at least 1).
 inline int block_steps(int T, int B, int rows) {

@@ -34,8 +34,8 @@ constexpr int kChunk = 7;  // vectors of a row of z (or of a weight gradient) th
 // The packed layout of a row of gates: i, f, g, o, H columns each, one after the other (Keras's), in a
 // row of `gate_stride(H)` floats. No gate is padded: at H = 100 a row is 25 vectors, where padding each
 // gate to 112 would make it 28 (12% more arithmetic in every product). The elementwise work reads the
-// four gates of units [j, j + 16) at j, H + j, 2H + j, 3H + j (unaligned loads); `unit_starts` lists
-// the j. A row is at least 3H + 16 floats so that the last gate's vector stays in the row when H < 16.
+// four gates of units [j, j + 16) at j, H + j, 2H + j, 3H + j (unaligned loads); `over_unit_vectors`
+// gives the j. A row is at least 3H + 16 floats so that the last gate's vector stays in the row when H < 16.
 inline int gate_stride(int H) { return ((std::max(kGates * H, 3 * H + kLanes) + kLanes - 1) / kLanes) * kLanes; }
 
 // f(j) for the starts j of 16-unit vectors that cover units [0, H): 0, 16, ... and, when 16 does not
@@ -233,9 +233,7 @@ template <int NV>
 struct Backward {
   template <typename... Args>
   static void run(bool quarter, Args... args) {
-    if constexpr (NV >= 2)
-      if (quarter) return backward<NV, true>(args...);
-    backward<NV, false>(args...);
+    with_quarter<NV>(quarter, [&](auto q) { backward<NV, decltype(q)::value>(args...); });
   }
 };
 

@@ -137,9 +137,7 @@ struct Forward {
   struct Width {
     template <typename... Args>
     static void run(bool quarter, Args... args) {
-      if constexpr (NV >= 2)
-        if (quarter) return forward<NV, ACT, true>(args...);
-      forward<NV, ACT, false>(args...);
+      with_quarter<NV>(quarter, [&](auto q) { forward<NV, ACT, decltype(q)::value>(args...); });
     }
   };
 };
@@ -149,9 +147,7 @@ struct Backward {
   struct Width {
     template <typename... Args>
     static void run(bool quarter, Args... args) {
-      if constexpr (NV >= 2)
-        if (quarter) return backward<NV, ACT, true>(args...);
-      backward<NV, ACT, false>(args...);
+      with_quarter<NV>(quarter, [&](auto q) { backward<NV, ACT, decltype(q)::value>(args...); });
     }
   };
 };

@@ -94,6 +94,16 @@ def gate_stride(h: int) -> int:
     return padded(max(GATES * h, 3 * h + LANES))
 
 
+def _f32_params(params: dict) -> dict:
+    """The three weights the kernels read, as float32."""
+    return {k: jnp.asarray(params[k], jnp.float32) for k in ("kernel", "recurrent_kernel", "bias")}
+
+
+def _f32_like(a) -> jax.ShapeDtypeStruct:
+    """A float32 result of `a`'s shape (the gradient of `a`)."""
+    return jax.ShapeDtypeStruct(a.shape, jnp.float32)
+
+
 def _forward(params, x_TxBxC, keep_states, activation):
     t, b, _ = x_TxBxC.shape
     h = params["recurrent_kernel"].shape[0]
@@ -118,10 +128,14 @@ def _fwd(activation, params, x_BxTxC):
 
 def _bwd(activation, residuals, dh_BxH):
     x_TxBxC, states_TxBxHp, h_last_BxH, w_in_CxH, w_rec_HxH = residuals
-    f32 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
     call = jax.ffi.ffi_call(
         "irnn_rnn_backward",
-        (f32(x_TxBxC), f32(w_in_CxH), f32(w_rec_HxH), jax.ShapeDtypeStruct(w_rec_HxH.shape[:1], jnp.float32)),
+        (
+            _f32_like(x_TxBxC),
+            _f32_like(w_in_CxH),
+            _f32_like(w_rec_HxH),
+            jax.ShapeDtypeStruct(w_rec_HxH.shape[:1], jnp.float32),
+        ),
         vmap_method="sequential",
     )
     dx_TxBxC, d_w_in, d_w_rec, d_b = call(
@@ -146,7 +160,7 @@ def final_state(params: dict, x_BxTxC: jax.Array, activation: str = "relu") -> j
         raise NativeUnavailable(
             f"the simple RNN kernel runs relu and tanh, not {activation}; the LSTM's is lstm_final_state"
         )
-    params = {k: jnp.asarray(params[k], jnp.float32) for k in ("kernel", "recurrent_kernel", "bias")}
+    params = _f32_params(params)
     check(activation, params["recurrent_kernel"].shape[0])
     return _final_state(activation, params, jnp.asarray(x_BxTxC, jnp.float32))
 
@@ -178,8 +192,8 @@ def _lstm_fwd(params, x_BxTxC):
 
 def _lstm_bwd(residuals, dh_BxH):
     x_TxBxC, gates, c_prev, h_prev, w_in_Cx4H, w_rec_Hx4H = residuals
-    f32 = lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32)  # noqa: E731
-    shapes = (f32(x_TxBxC), f32(w_in_Cx4H), f32(w_rec_Hx4H), jax.ShapeDtypeStruct(w_rec_Hx4H.shape[1:], jnp.float32))
+    bias = jax.ShapeDtypeStruct(w_rec_Hx4H.shape[1:], jnp.float32)
+    shapes = (_f32_like(x_TxBxC), _f32_like(w_in_Cx4H), _f32_like(w_rec_Hx4H), bias)
     call = jax.ffi.ffi_call("irnn_lstm_backward", shapes, vmap_method="sequential")
     dx_TxBxC, d_w_in, d_w_rec, d_b = call(x_TxBxC, gates, c_prev, h_prev, dh_BxH, w_in_Cx4H, w_rec_Hx4H)
     grads = {"kernel": d_w_in, "recurrent_kernel": d_w_rec, "bias": d_b}
@@ -192,6 +206,6 @@ _lstm_final_state.defvjp(_lstm_fwd, _lstm_bwd)
 def lstm_final_state(params: dict, x_BxTxC: jax.Array) -> jax.Array:
     """h_T (B, H) of the Keras LSTM (irnn_jax/lstm.py) over x (B, T, C), float32, through the native
     kernels; `params` as the LSTM's: kernel (C, 4H), recurrent_kernel (H, 4H), bias (4H,)."""
-    params = {k: jnp.asarray(params[k], jnp.float32) for k in ("kernel", "recurrent_kernel", "bias")}
+    params = _f32_params(params)
     check("lstm", params["recurrent_kernel"].shape[0])
     return _lstm_final_state(params, jnp.asarray(x_BxTxC, jnp.float32))
