@@ -4,6 +4,7 @@
     python -m benchmarks.recurrence_cpu --profile    # also: where fused's time goes at batch 16 and 512
     python -m benchmarks.recurrence_cpu --backward   # only: fused's two backward forms, batch 16 to 512
     python -m benchmarks.recurrence_cpu --lstm       # only: the LSTM's scan, fused and native gradients
+    python -m benchmarks.recurrence_cpu --native_parts  # only: the native kernel's parts beside a bare chain
 
 The step is value_and_grad of softmax cross-entropy of a Dense(10) head on h_T (hidden 100, T = 784,
 C = 1), w.r.t. all parameters, jitted; reported is the median of `--reps` timed calls after two
@@ -27,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import step_ratio
 from irnn_jax import model, native, recurrence
 
 T, C, H, K = 784, 1, 100, 10
@@ -127,6 +129,43 @@ def profile(batch: int, unroll: int, reps: int) -> None:
         print(f"  {name:<46} {median:8.2f} ({fastest:7.2f})  {1e3 * median / T:7.1f} us/step", flush=True)
 
 
+def native_parts(batch_sizes, reps: int) -> None:
+    """The native simple-RNN kernel's forward (keeping nothing, keeping its states) and value_and_grad
+    beside one bare XLA chain (T dependent relu(h @ W + x_t w + b), nothing kept), at each batch (per
+    device), interleaved. The backward is the difference of value_and_grad and the forward that keeps
+    its states. What keeping the states costs, the forward keeping them over the one that does not,
+    is memory traffic the chain does not have: (T, B, Hp) floats written, and read back by the backward."""
+    if not native.available():
+        raise SystemExit(f"--native_parts needs the native kernel: {native._load()}")
+    print(f"\nnative kernel parts, {T} steps, hidden {H}: median (min) ms; ratios of the min to the chain's min")
+    for batch in batch_sizes:
+        params, x_BxTxC, _ = make_inputs(batch)
+        rnn, x_TxBxC = params["rnn"], jnp.swapaxes(x_BxTxC, 0, 1)
+
+        (w, w_in), chain = step_ratio._chain("irnn", batch, H)  # the chain the step_ratio benchmark times
+        fns = {
+            "bare chain (XLA)": (jax.jit(chain), (w, w_in, x_TxBxC)),
+            "native forward, final state only": (
+                jax.jit(lambda p, x: native._forward(p, x, False, "relu")[1]),
+                (rnn, x_TxBxC),
+            ),
+            "native forward, states kept": (  # kept inside the call, as in value_and_grad, not returned
+                jax.jit(lambda p, x: native._forward(p, x, True, "relu")[1]),
+                (rnn, x_TxBxC),
+            ),
+            "native value_and_grad": (
+                jax.jit(jax.value_and_grad(lambda p, x: jnp.sum(native.final_state(p, x, "relu")))),
+                (rnn, x_BxTxC),
+            ),
+        }
+        results = time_ms({name: functools.partial(f, *a) for name, (f, a) in fns.items()}, reps)
+        chain_min = results["bare chain (XLA)"][1]
+        for name, (median, fastest) in results.items():
+            print(f"  batch {batch:>4} {name:<34} {median:8.2f} ({fastest:7.2f})  {fastest / chain_min:5.2f}x", flush=True)
+        backward = results["native value_and_grad"][1] - results["native forward, states kept"][1]
+        print(f"  batch {batch:>4} {'native backward (difference)':<34} {'':8} ({backward:7.2f})  {backward / chain_min:5.2f}x")
+
+
 def backward_forms(batch_sizes, reps: int) -> None:
     """Three backward forms of "fused": dz for all steps then one large weight-gradient matmul; the
     weight gradients summed inside the loop step by step; and in blocks of `recurrence.block_steps`
@@ -202,12 +241,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     parser.add_argument("--backward_batches", default="16,64,128,256,512", help="batch sizes for --backward")
     parser.add_argument("--lstm", action="store_true", help="only: the LSTM's scan, fused and native, side by side")
+    parser.add_argument("--native_parts", action="store_true", help="only: the native kernel's parts, --batch_sizes per device")
     parser.add_argument("--seq_len", type=int, default=T, help="time steps (smaller only for quick checks)")
     parser.add_argument("--hidden", type=int, default=H, help="hidden units (smaller only for quick checks)")
     args = parser.parse_args(argv)
     T, H = args.seq_len, args.hidden
     if args.lstm:
         lstm_table([int(b) for b in args.batch_sizes.split(",")], args.reps)
+        return
+    if args.native_parts:
+        native_parts([int(b) for b in args.batch_sizes.split(",")], args.reps)
         return
     if args.backward:
         backward_forms([int(b) for b in args.backward_batches.split(",")], args.reps)
