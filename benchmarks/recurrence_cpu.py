@@ -161,9 +161,11 @@ def native_parts(batch_sizes, reps: int) -> None:
         results = time_ms({name: functools.partial(f, *a) for name, (f, a) in fns.items()}, reps)
         chain_min = results["bare chain (XLA)"][1]
         for name, (median, fastest) in results.items():
-            print(f"  batch {batch:>4} {name:<34} {median:8.2f} ({fastest:7.2f})  {fastest / chain_min:5.2f}x", flush=True)
+            ratio = fastest / chain_min
+            print(f"  batch {batch:>4} {name:<34} {median:8.2f} ({fastest:7.2f})  {ratio:5.2f}x", flush=True)
         backward = results["native value_and_grad"][1] - results["native forward, states kept"][1]
-        print(f"  batch {batch:>4} {'native backward (difference)':<34} {'':8} ({backward:7.2f})  {backward / chain_min:5.2f}x")
+        name, ratio = "native backward (difference)", backward / chain_min
+        print(f"  batch {batch:>4} {name:<34} {'':8} ({backward:7.2f})  {ratio:5.2f}x")
 
 
 def backward_forms(batch_sizes, reps: int) -> None:
@@ -241,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backward", action="store_true", help="only compare fused's two backward forms")
     parser.add_argument("--backward_batches", default="16,64,128,256,512", help="batch sizes for --backward")
     parser.add_argument("--lstm", action="store_true", help="only: the LSTM's scan, fused and native, side by side")
-    parser.add_argument("--native_parts", action="store_true", help="only: the native kernel's parts, --batch_sizes per device")
+    parser.add_argument(
+        "--native_parts", action="store_true", help="only: the native kernel's parts, --batch_sizes per device"
+    )
     parser.add_argument("--seq_len", type=int, default=T, help="time steps (smaller only for quick checks)")
     parser.add_argument("--hidden", type=int, default=H, help="hidden units (smaller only for quick checks)")
     args = parser.parse_args(argv)

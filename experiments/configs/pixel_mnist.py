@@ -61,7 +61,8 @@ cells20_irnn, cells20_rnn_relu, cells20_rnn_tanh, cells20_lstm (and *_permuted)
     on all 60,000 training images as the paper trained. Each cell's learning rate (CELLS20_LR) was
     chosen by a 2-epoch sweep over 3e-5, 1e-4, 3e-4 and 1e-3 on 55,000 training images, scored on
     the 5,000 held out (validation_size=5000), never on the test set, and extended a step past the
-    grid where the best sat on its edge: the results page's lrsweep_* table. A preset exists for each cell and order whose sweep has been run.
+    grid where the best sat on its edge: the results page's lrsweep_* table. A preset exists for
+    each cell and order whose sweep has been run.
         python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:cells20_irnn \
             --config.sweep=seed=0,1
 
