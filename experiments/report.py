@@ -45,6 +45,7 @@ _README = flags.DEFINE_string("readme", "README.md", "README whose generated blo
 
 SECTION_TITLES = {
     "pixel_mnist_mnist": "Pixel-by-pixel MNIST (real digits)",
+    "irnn_fast": "irnn_fast: the paper's IRNN with a faster training recipe, at full length (real pixel MNIST)",
     "cells20": "The paper's comparison of cells at 20 epochs, a learning rate for each (cells20_* presets)",
     "lrsweep": "A learning rate for each cell, chosen on a validation split (lrsweep_* sweeps)",
     "budget": "The paper's comparison of cells: early learning speed at one budget (budget_* presets)",
@@ -291,6 +292,12 @@ def write_report(runs: list[Run], out: Path) -> str:
         else:
             report_plots.plot(sections[key], title, out / f"{key}.png")
         md += f"\n![{title}]({key}.png)\n"
+        presets = [g for g in sections[key] if key == "irnn_fast" and not overrides(g.first)]
+        if presets:  # the chosen recipe over its seeds: a panel per preset
+            report_plots.plot_seeds(
+                presets, "irnn_fast's presets as they stand, over their seeds", out / "irnn_fast_seeds.png"
+            )
+            md += "\n![irnn_fast's presets over their seeds](irnn_fast_seeds.png)\n"
     md += "\n## Presets not yet run\n\n" + not_yet_run(groups)
     (out / "results.md").write_text(md)
     (out / "summary.md").write_text(summary(groups))

@@ -110,6 +110,38 @@ def plot(groups: list, title: str, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_seeds(groups: list, title: str, path: Path) -> None:
+    """A panel per configuration (a preset as it stands): its training, validation and test accuracy,
+    each the mean over seeds with a min-to-max band; a cross where a run diverged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.2), squeeze=False)
+    for ax, g in zip(axes[0], groups, strict=True):
+        for key, colour, name in (
+            ("train_accuracy", "C2", "training (since the previous evaluation)"),
+            ("validation_accuracy", "C1", "validation"),
+            ("test_accuracy", "C0", "test"),
+        ):
+            _draw(ax, g, key, colour, "-", name)
+        for value, text in _targets([g]).items():
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6, color="dimgrey",
+                        va="bottom")  # fmt: skip
+        diverged = f", {g.diverged()} diverged" if g.diverged() else ""
+        ax.set_title(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}{diverged})", fontsize=9)
+        ax.set_xlabel("epochs (passes over the training set)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0, 0].set_ylabel("accuracy")
+    fig.suptitle(f"{title}\nmean over seeds, band: min to max over seeds; x: a run that diverged", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_lrsweep(groups: list, title: str, path: Path, chosen: dict) -> None:
     """The learning-rate sweeps' figure: final validation accuracy against the learning rate, a line per
     cell (dashed: permuted order), a cross where the run diverged (drawn at its last validation

@@ -260,6 +260,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
+IRNN_FAST_PRESETS = ("irnn_fast", "irnn_fast_permuted", "irnn_fast_control")
+
+
 def section_of(group: Group) -> str:
     if group.first.name.startswith("search_"):
         return "search"
@@ -273,6 +276,8 @@ def section_of(group: Group) -> str:
         return "budget"
     if group.first.experiment == "pixel_mnist" and pixel_mnist.cell_and_task(group.first.preset, "cells20"):
         return "cells20"
+    if group.first.experiment == "pixel_mnist" and group.first.preset in IRNN_FAST_PRESETS:
+        return "irnn_fast"
     if group.first.experiment == "adding":
         return "adding"
     dataset = group.first.config["dataset"]

@@ -120,6 +120,38 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
     assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
+def _irnn_fast_run(preset, seed, validation, test, diverged=False, **changes):
+    config = checkpoint.as_json(pixel_mnist.get_config(preset).to_dict() | {"seed": seed} | changes)
+    rows = [
+        {"step": s, "epoch": s / 1719, "elapsed_seconds": s / 40, "train_accuracy": a, "validation_accuracy": a}
+        | {"test_accuracy": a}
+        for s, a in ((3_438, 0.5), (6_876, 0.8))
+    ]
+    rows[-1] |= {"validation_accuracy": validation, "test_accuracy": test} | ({"diverged": True} if diverged else {})
+    return report.Run(f"{preset}_seed{seed}", "pixel_mnist", preset, config, rows, [{"command": f"cmd {preset}"}])
+
+
+def test_irnn_fast_has_its_own_section_with_each_seeds_validation_and_a_panel_per_preset(tmp_path):
+    runs = [
+        _irnn_fast_run("irnn_fast", 0, 0.91, 0.90),
+        _irnn_fast_run("irnn_fast", 1, 0.93, 0.94),
+        _irnn_fast_run("irnn_fast", 2, 0.2, 0.1, diverged=True),
+        _irnn_fast_run("irnn_fast_control", 0, 0.5, 0.6),
+        _irnn_fast_run("irnn_fast", 0, 0.99, 0.99, learning_rate=1e-4),  # a candidate: no panel of its own
+    ]
+    groups = report.group_runs(runs)
+    assert [report.section_of(g) for g in groups] == ["irnn_fast"] * 3
+    md = report.write_report(runs, tmp_path)
+    section = md.split("## irnn_fast: ")[1].split("\n## ")[0]
+    f = np.asarray([0.90, 0.94, 0.1])
+    row = next(line for line in section.splitlines() if line.startswith("| irnn_fast | "))
+    spread = f"{f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f})"
+    assert f"| {spread}, 1 diverged | 0.9100, 0.9300, 0.2000 |" in row
+    assert "![irnn_fast's presets over their seeds](irnn_fast_seeds.png)" in section
+    assert (tmp_path / "irnn_fast_seeds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "pixel_mnist_mnist.png").exists()  # nothing left for the general section
+
+
 def _sweep_run(preset, lr, validation, test, diverged=False):
     config = checkpoint.as_json(
         pixel_mnist.get_config(preset).to_dict() | {"learning_rate": lr, "validation_size": 5000}
