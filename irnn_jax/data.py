@@ -14,11 +14,13 @@ Four sources give the same arrays:
   checked against the checksums tensorflow-datasets registers for them.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +232,21 @@ def shipped_datasets() -> list[str]:
 # -------------------------------------------------------------------------- TFDS
 
 
+@contextlib.contextmanager
+def _scratch_tempdir():
+    """Points `tempfile` into a folder of its own for the block, and removes that folder after it.
+    A TFDS builder of a dataset not prepared in its data_dir makes an empty temporary folder for
+    metadata it would copy from GCS (DatasetInfo.initialize_from_bucket, tfds 4.9) and never removes
+    it: one left in /tmp per run without this."""
+    before = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="irnn_jax_") as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = before
+
+
 def tfds_prepared(name: str, tfds_data_dir: str = "") -> Dataset | None:
     """The dataset from a folder where tensorflow-datasets has prepared it, or None if it has not.
 
@@ -238,9 +255,10 @@ def tfds_prepared(name: str, tfds_data_dir: str = "") -> Dataset | None:
     import tensorflow_datasets as tfds  # slow import; only this path needs it
 
     tfds_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or str(Path("~/tensorflow_datasets").expanduser())
-    builder = tfds.builder(name, data_dir=tfds_dir, file_format="array_record")
-    if not builder.is_prepared():
-        return None
+    with _scratch_tempdir():
+        builder = tfds.builder(name, data_dir=tfds_dir, file_format="array_record")
+        if not builder.is_prepared():
+            return None
     splits = {}
     for split in ("train", "test"):
         source = builder.as_data_source(split=split)

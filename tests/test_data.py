@@ -1,4 +1,5 @@
 import gzip
+import tempfile
 import time
 
 import numpy as np
@@ -101,7 +102,11 @@ def test_tfds_prepared_dataset_is_read(tmp_path, monkeypatch):
     assert ds.source.startswith("tfds:")
 
 
-def test_unprepared_tfds_folder_gives_none_without_downloading(tmp_path):
+def test_unprepared_tfds_folder_gives_none_without_downloading_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TFDS's mkdtemp would leave its folder
     t = time.monotonic()
     assert data.tfds_prepared("mnist", str(tmp_path / "empty")) is None
     assert time.monotonic() - t < 30
+    assert list(scratch.iterdir()) == [] and tempfile.tempdir == str(scratch)
