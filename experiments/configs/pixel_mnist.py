@@ -104,7 +104,7 @@ CELLS20_LR: dict[tuple[str, str], float] = {
     ("rnn_tanh", "pixel"): 1e-4,
     ("rnn_tanh", "permuted"): 1e-3,  # the grid's edge; 3e-3, past it, is worse
     ("lstm", "pixel"): 3e-4,
-    ("lstm", "permuted"): 1e-2,  # past the grid's edge (3e-3 0.765, 1e-2 0.800); 3e-2 is still to run
+    ("lstm", "permuted"): 1e-2,  # past the grid's edge (3e-3 0.765, 1e-2 0.800); 3e-2 diverged
 }
 # irnn_fast's peak learning rate in each order, chosen on validation: pixel order among the full-length
 # candidates the 3-epoch screens proposed (docs/results/runs/irnn_fast_final_*, seed 0), permuted order
