@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks import step_ratio
+from benchmarks import chains
 from irnn_jax import model, native, recurrence
 
 T, C, H, K = 784, 1, 100, 10
@@ -142,7 +142,7 @@ def native_parts(batch_sizes, reps: int) -> None:
         params, x_BxTxC, _ = make_inputs(batch)
         rnn, x_TxBxC = params["rnn"], jnp.swapaxes(x_BxTxC, 0, 1)
 
-        (w, w_in), chain = step_ratio._chain("irnn", batch, H)  # the chain the step_ratio benchmark times
+        (w, w_in), chain = chains.bare_chain("irnn", batch, H)  # the chain the step_ratio benchmark times
         fns = {
             "bare chain (XLA)": (jax.jit(chain), (w, w_in, x_TxBxC)),
             "native forward, final state only": (

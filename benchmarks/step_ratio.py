@@ -29,6 +29,8 @@ import time
 
 from absl import app, flags
 
+from benchmarks import chains
+
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", "32,256", "Global batch sizes to time.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "As the command line's --cpu_devices (0: one per core).")
 _STEPS = flags.DEFINE_list("steps", "25,10", "Optimiser steps per jitted call, per batch size (the last repeats).")
@@ -63,42 +65,12 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _chain(cell: str, batch: int, hidden: int):
-    """(weights (W, w_in), chain(W, w_in, x_TxBx1) -> final state) of the cell's bare forward chain:
-    784 dependent steps, nothing kept. The IRNN: relu(h @ W + x_t w_in), W (H, H). The LSTM: one
-    (B, H) @ (H, 4H) matmul and the gates a step, its cell state carried beside h."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    width = 4 * hidden if cell == "lstm" else hidden
-    w = (np.eye(hidden, width) + rng.normal(0, 0.01, (hidden, width))).astype(np.float32)
-    w_in = rng.normal(0, 0.001, width).astype(np.float32)
-
-    def chain(w, w_in, x_TxBx1):
-        zeros_BxH = jnp.zeros((batch, hidden), jnp.float32)
-        if cell != "lstm":
-            step = lambda h_BxH, x_Bx1: (jax.nn.relu(h_BxH @ w + x_Bx1 * w_in), None)  # noqa: E731
-            return jax.lax.scan(step, zeros_BxH, x_TxBx1)[0]
-
-        def lstm_step(carry, x_Bx1):
-            h_BxH, c_BxH = carry
-            i, f, g, o = jnp.split(h_BxH @ w + x_Bx1 * w_in, 4, axis=-1)
-            c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
-            return (jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH), None
-
-        return jax.lax.scan(lstm_step, (zeros_BxH, zeros_BxH), x_TxBx1)[0][0]
-
-    return (w, w_in), chain
-
-
 def chain_fn(batch: int, hidden: int, device, cell: str = "irnn"):
     """A zero-argument call running the bare forward chain at `batch` on `device`."""
     import jax
     import numpy as np
 
-    weights, chain = _chain(cell, batch, hidden)
+    weights, chain = chains.bare_chain(cell, batch, hidden)
     x_TxBx1 = np.random.default_rng(1).uniform(0, 1, (T, batch, 1)).astype(np.float32)
     args = jax.device_put((*weights, x_TxBx1), device)
     chain = jax.jit(chain)
@@ -116,7 +88,7 @@ def chain_everywhere_fn(batch: int, hidden: int, cell: str = "irnn"):
 
     devices = jax.devices()
     mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
-    weights, local = _chain(cell, batch, hidden)
+    weights, local = chains.bare_chain(cell, batch, hidden)
     x_TxNBx1 = np.random.default_rng(1).uniform(0, 1, (T, len(devices) * batch, 1)).astype(np.float32)
     replicated, split = NamedSharding(mesh, P()), NamedSharding(mesh, P(None, "d"))  # each device: `batch` columns
     args = (*(jax.device_put(w, replicated) for w in weights), jax.device_put(x_TxNBx1, split))

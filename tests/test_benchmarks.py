@@ -74,6 +74,15 @@ def test_recurrence_cpu_lstm(capsys):
     assert "LSTM(8), 12 steps" in out and "scan / fused" in out
 
 
+def test_recurrence_cpu_native_parts(capsys):
+    recurrence_cpu.main(["--native_parts", "--batch_sizes=2,3", *TINY])
+    out = capsys.readouterr().out
+    for batch in (2, 3):
+        lines = [line for line in out.splitlines() if line.startswith(f"  batch    {batch} ")]
+        assert len(lines) == 5 and "bare chain (XLA)" in lines[0] and "1.00x" in lines[0]
+        assert "native backward (difference)" in lines[-1]
+
+
 def test_lstm_flop_and_refusal():
     assert compare.flop_per_sample(100, cell="lstm") == 4 * compare.flop_per_sample(100)
     with pytest.raises(ValueError, match="timed for JAX only"):
