@@ -131,7 +131,7 @@ def profile(batch: int, unroll: int, reps: int) -> None:
 
 def native_parts(batch_sizes, reps: int) -> None:
     """The native simple-RNN kernel's forward (keeping nothing, keeping its states) and value_and_grad
-    beside one bare XLA chain (T dependent relu(h @ W + x_t w + b), nothing kept), at each batch (per
+    beside the bare XLA chain step_ratio times (T dependent relu(h @ W + x_t w), nothing kept), at each batch (per
     device), interleaved. The backward is the difference of value_and_grad and the forward that keeps
     its states. What keeping the states costs, the forward keeping them over the one that does not,
     is memory traffic the chain does not have: (T, B, Hp) floats written, and read back by the backward."""
@@ -142,7 +142,7 @@ def native_parts(batch_sizes, reps: int) -> None:
         params, x_BxTxC, _ = make_inputs(batch)
         rnn, x_TxBxC = params["rnn"], jnp.swapaxes(x_BxTxC, 0, 1)
 
-        (w, w_in), chain = chains.bare_chain("irnn", batch, H)  # the chain the step_ratio benchmark times
+        (w, w_in), chain = chains.bare_chain("irnn", batch, H)
         fns = {
             "bare chain (XLA)": (jax.jit(chain), (w, w_in, x_TxBxC)),
             "native forward, final state only": (

@@ -292,8 +292,8 @@ def write_report(runs: list[Run], out: Path) -> str:
         else:
             report_plots.plot(sections[key], title, out / f"{key}.png")
         md += f"\n![{title}]({key}.png)\n"
-        presets = [g for g in sections[key] if key == "irnn_fast" and not overrides(g.first)]
-        if presets:  # the chosen recipe over its seeds: a panel per preset
+        if key == "irnn_fast" and (presets := [g for g in sections[key] if not overrides(g.first)]):
+            # the presets as they stand over their seeds: a panel each
             report_plots.plot_seeds(
                 presets, "irnn_fast's presets as they stand, over their seeds", out / "irnn_fast_seeds.png"
             )

@@ -56,6 +56,14 @@ def _targets(groups) -> dict[float, str]:
     return out
 
 
+def _mark_targets(ax, groups) -> None:
+    """The sources' figures of the groups' presets as grey horizontal lines, each labelled."""
+    for k, (value, text) in enumerate(sorted(_targets(groups).items())):
+        ax.axhline(value, color="grey", linestyle=(0, (4, 2 + k)), linewidth=1)
+        ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6, color="dimgrey",
+                    va="bottom")  # fmt: skip
+
+
 def plot(groups: list, title: str, path: Path) -> None:
     """Writes the section's figure to `path`."""
     import matplotlib  # optional heavy dependency, only for the plots
@@ -86,10 +94,7 @@ def plot(groups: list, title: str, path: Path) -> None:
         main_ax.set_yscale("log")
         main_ax.set_title("test MSE", fontsize=9)
     else:
-        for k, (value, text) in enumerate(sorted(_targets(groups).items())):
-            main_ax.axhline(value, color="grey", linestyle=(0, (4, 2 + k)), linewidth=1)
-            main_ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6,
-                             color="dimgrey", va="bottom")  # fmt: skip
+        _mark_targets(main_ax, groups)
         main_ax.set_title(
             "accuracy: test solid, training dotted, validation dash-dot; grey lines: the sources' figures", fontsize=9
         )
@@ -126,10 +131,7 @@ def plot_seeds(groups: list, title: str, path: Path) -> None:
             ("test_accuracy", "C0", "test"),
         ):
             _draw(ax, g, key, colour, "-", name)
-        for value, text in _targets([g]).items():
-            ax.axhline(value, color="grey", linestyle="--", linewidth=1)
-            ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), fontsize=6, color="dimgrey",
-                        va="bottom")  # fmt: skip
+        _mark_targets(ax, [g])
         diverged = f", {g.diverged()} diverged" if g.diverged() else ""
         ax.set_title(f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''}{diverged})", fontsize=9)
         ax.set_xlabel("epochs (passes over the training set)")

@@ -260,7 +260,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
-IRNN_FAST_PRESETS = ("irnn_fast", "irnn_fast_permuted", "irnn_fast_control")
+IRNN_FAST_PRESETS = tuple(p for p in pixel_mnist.PRESETS if p.startswith("irnn_fast"))
 
 
 def section_of(group: Group) -> str:
