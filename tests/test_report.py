@@ -217,32 +217,43 @@ def test_irnn_fast_takes_the_full_length_candidate_best_on_validation():
     """Pixel order: the 3-epoch screens (docs/results/runs/search_val_3ep_*) proposed candidates, each then
     run at full length on seed 0 (irnn_fast_final_*); the preset takes the learning rate, length and spike
     guard of the one with the highest final validation accuracy, a diverged run counting as the lowest.
-    Permuted order: its own screen's peak rate (one sweep of three), with the pixel choice's length and guard."""
+    Permuted order: its own screen's peak rate (one sweep of three), with the pixel choice's guard, and
+    its length chosen the same way among its own full-length runs of seed 0 (irnn_fast_permuted_final_*)."""
     loaded = report.load_all()
-    candidates = {}
-    for run in loaded:
-        if not run.name.startswith("irnn_fast_final_") or run.config["seed"] != 0:
-            continue
-        if run.diverged:
-            score = -1.0
-        elif run.rows[-1]["step"] < report_runs.planned_steps(run):
-            continue  # still running
-        else:
-            score = run.rows[-1]["validation_accuracy"]
-        c = run.config
-        candidates[(c["learning_rate"], c["num_epochs"], c["skip_spike_factor"])] = score
+
+    def full_length_candidates(prefix):
+        candidates = {}
+        for run in loaded:
+            if not run.name.startswith(prefix) or run.config["seed"] != 0:
+                continue
+            if run.diverged:
+                score = -1.0
+            elif run.rows[-1]["step"] < report_runs.planned_steps(run):
+                continue  # still running
+            else:
+                score = run.rows[-1]["validation_accuracy"]
+            c = run.config
+            candidates[(c["learning_rate"], c["num_epochs"], c["skip_spike_factor"])] = score
+        return candidates
+
+    candidates = full_length_candidates("irnn_fast_final_")
     assert len(candidates) >= 4
     best = max(candidates, key=candidates.get)
     pixel = pixel_mnist.get_config("irnn_fast")
     assert (pixel.learning_rate, pixel.num_epochs, pixel.skip_spike_factor) == best
-    assert pixel_mnist.IRNN_FAST_LR["pixel"] == best[0]
+    assert pixel_mnist.IRNN_FAST_LR["pixel"] == best[0] and pixel_mnist.IRNN_FAST_EPOCHS["pixel"] == best[1]
 
     screens = {run.name: run for run in loaded if run.name.startswith("search_val_3ep_permuted_lr/")}
     assert len(screens) == 3
     final = {run.config["learning_rate"]: run.rows[-1]["validation_accuracy"] for run in screens.values()}
     permuted = pixel_mnist.get_config("irnn_fast_permuted")
     assert permuted.learning_rate == pixel_mnist.IRNN_FAST_LR["permuted"] == max(final, key=final.get)
-    assert (permuted.num_epochs, permuted.skip_spike_factor) == best[1:]
+    lengths = full_length_candidates("irnn_fast_permuted_final_")
+    assert len(lengths) >= 2 and {lr for lr, _, _ in lengths} == {permuted.learning_rate}
+    assert {guard for _, _, guard in lengths} == {best[2]}
+    chosen = max(lengths, key=lengths.get)
+    assert (permuted.num_epochs, permuted.skip_spike_factor) == chosen[1:]
+    assert pixel_mnist.IRNN_FAST_EPOCHS["permuted"] == chosen[1]
 
 
 def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():
