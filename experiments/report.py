@@ -349,21 +349,32 @@ def preset_entries(module) -> list[tuple[str, str]]:
     return entries
 
 
+def preset_length(c) -> str:
+    """A preset's length as the preset table gives it: its steps, epochs where it counts them, and
+    the images it holds out."""
+    trained_on = c.get("num_train_examples", 60_000) - c.get("validation_size", 0)
+    length = f"{train.total_steps(c, trained_on):,} steps" + (f" ({c.num_epochs} epochs)" if not c.num_train_steps else "")
+    if c.get("validation_size", 0):
+        length += f", {c.validation_size:,} images held out"
+    return length
+
+
 def preset_table() -> str:
     """One row per preset entry of every experiment: what it is, its batch and length, what the
     source reports. Lengths come from the configs themselves."""
     lines = ["| experiment | preset | what it is | batch | length | reported |", "|---|---|---|---|---|---|"]
     for experiment, module in EXPERIMENTS.items():
         for names, description in preset_entries(module):
-            first = next((n for n in re.findall(r"[a-z0-9_]+", names) if n in module.PRESETS), None)
-            if first is None:  # an entry whose presets do not exist yet (cells20_*: before their sweeps)
+            named = [n for n in re.findall(r"[a-z0-9_]+", names) if n in module.PRESETS]
+            if not named:  # an entry whose presets do not exist yet (cells20_*: before their sweeps)
                 continue
+            first = named[0]
+            lengths = {n: preset_length(module.get_config(n)) for n in named}
+            if len(set(lengths.values())) == 1:
+                length = lengths[first]
+            else:  # the entry's presets differ in length: each named with its own
+                length = "; ".join(f"{n}: {value}" for n, value in lengths.items())
             c = module.get_config(first)
-            trained_on = c.get("num_train_examples", 60_000) - c.get("validation_size", 0)
-            steps = train.total_steps(c, trained_on)
-            length = f"{steps:,} steps" + (f" ({c.num_epochs} epochs)" if not c.num_train_steps else "")
-            if c.get("validation_size", 0):
-                length += f", {c.validation_size:,} images held out"
             text = module.REPORTED.get(first, {}).get("text", "")
             sid = SOURCE_IDS.get(first)
             preset = f"`{names}`" + (f" ({sid})" if sid else "")
