@@ -143,7 +143,7 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
 #ifdef __AVX512F__
       // One load of M's vector for the RB rows. Without this GCC folds the load into each row's FMA,
       // RB loads of the same vector, and the micro-kernel waits on loads, not FMAs: the LSTM's
-      // value_and_grad at batch 16 took 1.14 to 1.16x as long (docs/performance.md).
+      // value_and_grad at batch 16 took 1.11 to 1.16x as long (docs/performance.md).
       asm("" : "+v"(mv));
 #endif
       #pragma GCC unroll 16
