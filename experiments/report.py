@@ -353,7 +353,9 @@ def preset_length(c) -> str:
     """A preset's length as the preset table gives it: its steps, epochs where it counts them, and
     the images it holds out."""
     trained_on = c.get("num_train_examples", 60_000) - c.get("validation_size", 0)
-    length = f"{train.total_steps(c, trained_on):,} steps" + (f" ({c.num_epochs} epochs)" if not c.num_train_steps else "")
+    length = f"{train.total_steps(c, trained_on):,} steps" + (
+        f" ({c.num_epochs} epochs)" if not c.num_train_steps else ""
+    )
     if c.get("validation_size", 0):
         length += f", {c.validation_size:,} images held out"
     return length
