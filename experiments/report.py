@@ -371,12 +371,13 @@ def preset_table() -> str:
             if not named:  # an entry whose presets do not exist yet (cells20_*: before their sweeps)
                 continue
             first = named[0]
-            lengths = {n: preset_length(module.get_config(n)) for n in named}
+            configs = {n: module.get_config(n) for n in named}
+            lengths = {n: preset_length(c) for n, c in configs.items()}
             if len(set(lengths.values())) == 1:
                 length = lengths[first]
             else:  # the entry's presets differ in length: each named with its own
                 length = "; ".join(f"{n}: {value}" for n, value in lengths.items())
-            c = module.get_config(first)
+            c = configs[first]
             text = module.REPORTED.get(first, {}).get("text", "")
             sid = SOURCE_IDS.get(first)
             preset = f"`{names}`" + (f" ({sid})" if sid else "")
