@@ -17,6 +17,7 @@ install), is refused with a clear error by `check`; "fused" is the XLA path for 
 
 import ctypes
 import functools
+import os
 from pathlib import Path
 
 import jax
@@ -40,17 +41,29 @@ class NativeUnavailable(RuntimeError):
     """The native kernel cannot run this: not built, another platform, cell or size."""
 
 
+LIBRARY_ENV = "IRNN_JAX_NATIVE_LIBRARY"  # a kernel library to load instead of the package's own build
+
+
 @functools.cache
 def _load() -> str | None:
-    """Registers the kernels' FFI targets (TARGETS); None when they are registered, else why not."""
-    found = sorted(Path(__file__).parent.glob("_rnn_kernel*.so"))
+    """Registers the kernels' FFI targets (TARGETS); None when they are registered, else why not.
+
+    The library is the package's build (irnn_jax/_rnn_kernel*.so), or the file that the environment
+    variable IRNN_JAX_NATIVE_LIBRARY names (another build of csrc/, as benchmarks/kernel_ab.py times).
+    """
+    if chosen := os.environ.get(LIBRARY_ENV):
+        if not Path(chosen).is_file():
+            return f"{LIBRARY_ENV}={chosen} is not a file: unset it to use the package's own kernel"
+        found = [Path(chosen)]
+    else:
+        found = sorted(Path(__file__).parent.glob("_rnn_kernel*.so"))
     if not found:
         return (
             "the native kernel is not built (irnn_jax/_rnn_kernel*.so is missing): reinstall with a C++ compiler "
             "present (`pip install -e .`), or use --config.recurrence=fused"
         )
     try:
-        lib = ctypes.cdll.LoadLibrary(str(found[-1]))
+        lib = ctypes.cdll.LoadLibrary(str(found[-1].resolve()))
     except OSError as e:
         return f"the native kernel {found[-1].name} does not load ({e}); rebuild it with `pip install -e .`"
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from benchmarks import compare, recurrence_cpu
+from benchmarks import compare, kernel_ab, recurrence_cpu
 from irnn_jax import native, parallel
 from tests.conftest import ROOT
 
@@ -137,3 +137,33 @@ def test_compare_command_line(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| jax " in md.read_text()
+
+
+def test_kernel_ab_builds_a_ref_and_times_it_beside_the_installed_kernel(tmp_path, monkeypatch, capsys):
+    """HEAD's csrc/ compiled here (at -O0, for speed) against the package's own build: both sides load
+    through IRNN_JAX_NATIVE_LIBRARY in their workers, and their values and gradients agree."""
+    (installed,) = (ROOT / "irnn_jax").glob("_rnn_kernel*.so")
+    monkeypatch.setenv("IRNN_JAX_NATIVE_FLAGS", "-O0")
+    report = kernel_ab.main(
+        ["--base=HEAD", f"--candidate={installed}", "--cases=relu:2,tanh:2,lstm:2", "--rounds=1", "--repeats=1",
+         f"--json_out={tmp_path / 'ab.json'}"]
+    )  # fmt: skip
+    assert [r["case"] for r in report["rows"]] == ["relu:2", "tanh:2", "lstm:2"]
+    assert all(r["a_ms"] > 0 and r["b_ms"] > 0 and r["speedup"] == r["a_ms"] / r["b_ms"] for r in report["rows"])
+    assert json.loads((tmp_path / "ab.json").read_text())["rows"] == report["rows"]
+    assert "| lstm:2 |" in capsys.readouterr().out
+
+
+def test_kernel_ab_refuses_bad_sides_and_cases_and_catches_a_disagreement(tmp_path):
+    with pytest.raises(ValueError, match="KIND:BATCH"):
+        kernel_ab.parse_cases("relu:16,gru:16")
+    with pytest.raises(ValueError, match="KIND:BATCH"):
+        kernel_ab.parse_cases("lstm:0")
+    assert kernel_ab.parse_cases(" relu:16, lstm:32 ") == [("relu", 16), ("lstm", 32)]
+    with pytest.raises(ValueError, match="not a git ref"):
+        kernel_ab.build("no-such-ref-anywhere", tmp_path / "A", log=lambda s: None)
+    with pytest.raises(FileNotFoundError, match="no such kernel library"):
+        kernel_ab.build(str(tmp_path / "missing.so"), tmp_path / "B", log=lambda s: None)
+    grads = [1.5, [1.0, -2.0, 3.0]]
+    assert kernel_ab.disagreement(grads, [1.5, [1.0, -2.0, 3.0 * (1 + 1e-6)]], rtol=1e-4) < 1
+    assert kernel_ab.disagreement(grads, [1.5, [1.0, -2.0, 3.0 * (1 + 1e-3)]], rtol=1e-4) > 1

@@ -134,6 +134,24 @@ def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path)
     assert native.available() == bool(shutil.which("c++") or shutil.which("g++"))
 
 
+def test_a_library_named_by_the_environment_is_loaded_or_refused(monkeypatch, tmp_path):
+    """IRNN_JAX_NATIVE_LIBRARY (another build, as benchmarks/kernel_ab.py times) replaces the package's."""
+    monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "gone.so"))
+    native._load.cache_clear()
+    try:
+        with pytest.raises(native.NativeUnavailable, match="gone.so is not a file: unset it"):
+            native.check("relu", 8)
+        (tmp_path / "empty.so").write_bytes(b"")
+        monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "empty.so"))
+        native._load.cache_clear()
+        with pytest.raises(native.NativeUnavailable, match="empty.so does not load"):
+            native.check("relu", 8)
+    finally:
+        monkeypatch.undo()
+        native._load.cache_clear()
+    assert native.available() == bool(shutil.which("c++") or shutil.which("g++"))
+
+
 def test_the_config_check_names_what_native_cannot_run(idx_dir):
     for overrides in (dict(hidden_size=200), dict(cell="lstm", hidden_size=200)):
         with pytest.raises(config_check.ConfigError, match="1 to 128 hidden units"):
