@@ -164,6 +164,10 @@ def budget_table(groups: list[Group], family: str = "budget") -> str:
                 ours += f" [lr {g.first.config['learning_rate']:g}]"
             row += [ours, pixel_mnist.REPORTED[preset]["text"]]
         lines.append("| " + " | ".join(row) + " |")
+    others = [g for g in groups if overrides(g.first) and pixel_mnist.cell_and_task(g.first.preset, family)]
+    if others and family != "budget":  # the budget family's other recipes are the sweeps' own tables
+        lines += ["", "Also run, with a change to the preset (not in the table above):", ""]
+        lines += [f"- {g.label}: {g.ours()}, {g.steps()} steps" for g in others]
     return "\n".join(lines) + "\n"
 
 

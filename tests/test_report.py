@@ -120,6 +120,21 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
     assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
+def test_the_cells20_table_lists_runs_at_another_rate_beneath_it():
+    runs = [
+        _budget_run("cells20_rnn_tanh_permuted", 0, 0.30),
+        _budget_run("cells20_rnn_tanh_permuted", 0, 0.80, learning_rate=3e-4),
+        _budget_run("cells20_rnn_tanh_permuted", 1, 0.70, learning_rate=3e-4),
+    ]
+    table = report.budget_table(report.group_runs(runs), "cells20")
+    (row,) = [line for line in table.splitlines() if line.startswith("| rnn_tanh |")]
+    assert "| 0.3000 (1 seed) [lr 0.001] |" in row  # the preset's own rate, chosen by the sweep
+    table_part, also = table.split("Also run, with a change to the preset")
+    assert "0.7500" not in table_part
+    assert "- cells20_rnn_tanh_permuted + learning_rate=0.0003: 0.7500 ± 0.0707 (0.7000 to 0.8000)" in also
+    assert "Also run" not in report.budget_table(report.group_runs(runs[:1]), "cells20")
+
+
 def _irnn_fast_run(preset, seed, validation, test, diverged=False, **changes):
     config = checkpoint.as_json(pixel_mnist.get_config(preset).to_dict() | {"seed": seed} | changes)
     rows = [
