@@ -28,6 +28,7 @@ from pathlib import Path
 from absl import app, flags
 
 from benchmarks.frameworks import INPUTS, SEQ_LEN, _cores
+from benchmarks.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 # Packages each framework's runner imports; a framework with any of them missing is skipped.
@@ -96,16 +97,6 @@ def _add_derived(rows: list[dict], peaks: dict, flop: int) -> None:
         peak = peaks.get(r["platform"], {}).get("flop_per_s")
         r["peak_fraction"] = r["flop_per_s"] / peak if peak else None
         r["jax_speedup"] = best_jax[r["batch"]] / r["samples_per_s"] if r["batch"] in best_jax else None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def run(options: Options, log: Callable[[str], None] = print) -> dict:
@@ -177,7 +168,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> dict:
         "flop_per_sample": flop,
         "flop_note": FLOP_NOTE,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": _cores(),
             "load_avg_before": load_before,
             "load_avg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,

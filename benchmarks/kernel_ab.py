@@ -25,7 +25,6 @@ the agreement check.
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -38,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.machine import cpu_model
 from irnn_jax import native
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,16 +195,6 @@ def compare(base: str, candidate: str, cases, rounds: int, repeats: int, rtol: f
         repeats=repeats,
         rows=rows,
     )
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def table(report: dict) -> str:

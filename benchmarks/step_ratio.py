@@ -24,12 +24,12 @@ are measured in alternation (one repetition of each, then the next), each the be
 
 import json
 import os
-import platform
 import time
 
 from absl import app, flags
 
 from benchmarks import chains
+from benchmarks.machine import cpu_model
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", "32,256", "Global batch sizes to time.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "As the command line's --cpu_devices (0: one per core).")
@@ -52,17 +52,6 @@ _BLOCK_ROWS = flags.DEFINE_list(
 _JSON_OUT = flags.DEFINE_string("json_out", "", "Write the rows as JSON here.")
 
 T = 784  # pixel-MNIST sequence length
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def chain_fn(batch: int, hidden: int, device, cell: str = "irnn"):
