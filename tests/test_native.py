@@ -5,6 +5,7 @@ and it refuses what it cannot run, with the reason.
 
 Tolerances as in tests/test_recurrence.py: the kernel sums the same products in another order."""
 
+import contextlib
 import json
 import shutil
 
@@ -122,23 +123,29 @@ def test_the_simple_rnn_kernel_refuses_the_lstm_kind():
         native.final_state(make_params(1, 4, "random", seed=0), jnp.zeros((1, 3, 1)), "lstm")
 
 
-def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "__file__", str(tmp_path / "native.py"))  # a package folder with no .so
+@contextlib.contextmanager
+def loaded_afresh(monkeypatch):
+    """native._load run again under the test's monkeypatching; after it, the patches undone and the
+    package's own kernel registered again (where a compiler built it)."""
     native._load.cache_clear()
     try:
-        with pytest.raises(native.NativeUnavailable, match="pip install -e"):
-            native.check("relu", 8)
+        yield
     finally:
         monkeypatch.undo()
         native._load.cache_clear()
     assert native.available() == bool(shutil.which("c++") or shutil.which("g++"))
 
 
+def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "__file__", str(tmp_path / "native.py"))  # a package folder with no .so
+    with loaded_afresh(monkeypatch), pytest.raises(native.NativeUnavailable, match="pip install -e"):
+        native.check("relu", 8)
+
+
 def test_a_library_named_by_the_environment_is_loaded_or_refused(monkeypatch, tmp_path):
     """IRNN_JAX_NATIVE_LIBRARY (another build, as benchmarks/kernel_ab.py times) replaces the package's."""
     monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "gone.so"))
-    native._load.cache_clear()
-    try:
+    with loaded_afresh(monkeypatch):
         with pytest.raises(native.NativeUnavailable, match="gone.so is not a file: unset it"):
             native.check("relu", 8)
         (tmp_path / "empty.so").write_bytes(b"")
@@ -146,10 +153,6 @@ def test_a_library_named_by_the_environment_is_loaded_or_refused(monkeypatch, tm
         native._load.cache_clear()
         with pytest.raises(native.NativeUnavailable, match="empty.so does not load"):
             native.check("relu", 8)
-    finally:
-        monkeypatch.undo()
-        native._load.cache_clear()
-    assert native.available() == bool(shutil.which("c++") or shutil.which("g++"))
 
 
 def test_the_config_check_names_what_native_cannot_run(idx_dir):
