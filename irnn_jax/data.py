@@ -251,10 +251,14 @@ def tfds_prepared(name: str, tfds_data_dir: str = "") -> Dataset | None:
     """The dataset from a folder where tensorflow-datasets has prepared it, or None if it has not.
 
     Preparing needs TensorFlow, so this never asks TFDS to download; `irnn_jax.download` fetches
-    the IDX files instead."""
+    the IDX files instead. Without a folder for the dataset in the data dir (TFDS keeps each under
+    DATA_DIR/NAME/) it returns None at once, without importing TFDS, which would warn of a
+    "variant folder" that does not exist."""
+    tfds_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or str(Path("~/tensorflow_datasets").expanduser())
+    if not (Path(tfds_dir) / name).is_dir():
+        return None
     import tensorflow_datasets as tfds  # slow import; only this path needs it
 
-    tfds_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or str(Path("~/tensorflow_datasets").expanduser())
     with _scratch_tempdir():
         builder = tfds.builder(name, data_dir=tfds_dir, file_format="array_record")
         if not builder.is_prepared():

@@ -94,6 +94,7 @@ def test_tfds_prepared_dataset_is_read(tmp_path, monkeypatch):
 
     # mock_data serves records from any builder but reports it unprepared; we read prepared data only.
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    (tmp_path / "mnist").mkdir()  # where TFDS would keep it; without it the folder is not looked at
     with tfds.testing.mock_data(num_examples=12):
         ds = data.tfds_prepared("mnist", str(tmp_path))
     assert ds.train.inputs.shape == (12, 28, 28) and ds.train.inputs.dtype == np.uint8
@@ -106,7 +107,19 @@ def test_unprepared_tfds_folder_gives_none_without_downloading_and_leaves_no_tem
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where TFDS's mkdtemp would leave its folder
+    (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)  # a folder, but nothing prepared in it
     t = time.monotonic()
-    assert data.tfds_prepared("mnist", str(tmp_path / "empty")) is None
+    assert data.tfds_prepared("mnist", str(tmp_path / "tfds")) is None
     assert time.monotonic() - t < 30
     assert list(scratch.iterdir()) == [] and tempfile.tempdir == str(scratch)
+
+
+def test_a_tfds_dir_without_the_dataset_is_not_opened(tmp_path, monkeypatch):
+    import tensorflow_datasets as tfds
+
+    def fail(*args, **kwargs):
+        raise AssertionError("tfds.builder called for a data dir with no folder for the dataset")
+
+    monkeypatch.setattr(tfds, "builder", fail)
+    (tmp_path / "fashion_mnist").mkdir()  # another dataset's folder
+    assert data.tfds_prepared("mnist", str(tmp_path)) is None

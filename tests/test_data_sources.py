@@ -84,6 +84,7 @@ def test_the_order_of_sources(shipped, tmp_path, monkeypatch):
     with pytest.raises(data.DataError, match="has not prepared mnist"):
         kind(tiny_config("", data_source="tfds"))
     monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    (tmp_path / "tfds" / "mnist").mkdir(parents=True)  # where TFDS keeps a prepared mnist
     with tfds.testing.mock_data(num_examples=6):
         assert kind(tiny_config("")) == "tfds"  # a prepared TFDS folder comes before the shipped copy
         assert kind(tiny_config("", data_source="embedded")) == "embedded"
