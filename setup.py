@@ -5,12 +5,14 @@ csrc/rnn_kernel.cc and csrc/lstm_kernel.cc (with csrc/kernels.h), the native CPU
 that jaxlib ships (a build requirement in pyproject.toml) into one library, irnn_jax/_rnn_kernel*.so.
 It is optional: where it cannot be built (no C++ compiler), the install goes on, and recurrence
 "native" says why it cannot run when asked for; "scan" and "fused" need nothing compiled. MANIFEST.in
-puts the C++ sources into a source distribution. IRNN_JAX_NATIVE_FLAGS replaces the default
+puts the C++ sources into a source distribution. csrc/build.json holds the sources and compiler
+arguments, which benchmarks/kernel_ab.py reads too. IRNN_JAX_NATIVE_FLAGS replaces its default
 "-O3 -march=native" (the kernel is built for the machine that installs it; set e.g.
 "-O3 -march=x86-64-v3" to build for others).
 """
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -25,15 +27,16 @@ def ffi_include_dir() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "include")
 
 
-flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", "-O3 -march=native").split()
+recipe = json.loads((Path(__file__).resolve().parent / "csrc" / "build.json").read_text())
+flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", recipe["default_flags"]).split()
 setup(
     ext_modules=[
         Extension(
             "irnn_jax._rnn_kernel",
-            sources=["csrc/rnn_kernel.cc", "csrc/lstm_kernel.cc"],
-            depends=["csrc/kernels.h"],
-            include_dirs=[ffi_include_dir(), "csrc"],
-            extra_compile_args=["-std=c++17", "-Wno-attributes", "-Wno-return-type", *flags],
+            sources=recipe["sources"],
+            depends=recipe["depends"],
+            include_dirs=[ffi_include_dir(), *recipe["include_dirs"]],
+            extra_compile_args=[*recipe["compile_args"], *flags],
             language="c++",
             optional=True,
         )

@@ -8,14 +8,16 @@
 
 Each side is a git ref, "worktree" (csrc/ as it is on disk), or a kernel library already built (a
 path ending in .so). A ref's csrc/ is taken with `git archive` and compiled as setup.py compiles it
-(`$CXX`, default g++, with IRNN_JAX_NATIVE_FLAGS, default "-O3 -march=native"). What is timed is
+(`$CXX`, default g++, with the sources and arguments of its csrc/build.json, the working tree's for
+a ref older than that file, and IRNN_JAX_NATIVE_FLAGS in place of its default flags). What is timed is
 `jax.value_and_grad` of the sum of h_T of the recurrence alone (784 pixel steps, 100 units, one
 input; no head, no optimiser, no data pipeline) through `irnn_jax.native`, with the library that
 IRNN_JAX_NATIVE_LIBRARY names, one case a subprocess worker on one CPU device. The sides alternate:
 round r runs A's worker, then B's, each taking the best of `--repeats` calls per case; a side's
 figure is its best over the rounds, so a burst of load from elsewhere hits both. Before any figure is
-reported, the two sides' values and gradients must agree to float32 rounding (`--rtol`): a faster
-kernel that computes something else fails here.
+reported, each side's values and gradients must be the same bit for bit in every round (a kernel that
+reads memory it never wrote fails here), and the two sides' must agree to float32 rounding (`--rtol`):
+a faster kernel that computes something else fails here too.
 
 The Python side (irnn_jax/native.py: the shapes of what the kernels keep) is the working tree's for
 both builds: a ref whose C++ expects other shapes is refused by the kernels' shape check, or fails
@@ -43,7 +45,7 @@ from irnn_jax import native
 ROOT = Path(__file__).resolve().parent.parent
 T, HIDDEN = 784, 100
 KINDS = ("relu", "tanh", "lstm")
-SOURCES = ("csrc/rnn_kernel.cc", "csrc/lstm_kernel.cc")
+RECIPE = Path("csrc") / "build.json"  # sources and compiler arguments, shared with setup.py
 
 
 def parse_cases(text: str) -> list[tuple[str, int]]:
@@ -82,22 +84,21 @@ def build(side: str, out_dir: Path, log=print) -> Path:
             f.seek(0)
             tarfile.open(fileobj=f).extractall(src, filter="data")
     library = out_dir / "kernel.so"
-    flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", "-O3 -march=native").split()
+    recipe = json.loads((src / RECIPE if (src / RECIPE).is_file() else ROOT / RECIPE).read_text())
+    flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", recipe["default_flags"]).split()
     command = [
         os.environ.get("CXX", "g++"),
-        "-std=c++17",
-        "-Wno-attributes",
-        "-Wno-return-type",
+        *recipe["compile_args"],
         *flags,
         "-shared",
         "-fPIC",
         f"-I{jax.ffi.include_dir()}",
-        f"-I{src / 'csrc'}",
-        *(str(src / s) for s in SOURCES),
+        *(f"-I{src / d}" for d in recipe["include_dirs"]),
+        *(str(src / s) for s in recipe["sources"]),
         "-o",
         str(library),
     ]
-    log(f"building {side}: {' '.join(command[: 5 + len(flags)])} ...")
+    log(f"building {side}: {' '.join(command[: 1 + len(recipe['compile_args']) + len(flags)])} ...")
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode:
@@ -172,7 +173,12 @@ def compare(base: str, candidate: str, cases, rounds: int, repeats: int, rtol: f
         for r in range(rounds):
             for side, library in libraries.items():
                 result = run_side(library, cases, repeats, tmp / f"{side}{r}.json")
-                outputs[side] = result["outputs"]
+                if outputs.setdefault(side, result["outputs"]) != result["outputs"]:
+                    changed = [n for n in result["outputs"] if result["outputs"][n] != outputs[side][n]]
+                    raise AssertionError(
+                        f"{side} ({library}) computed other values in round {r + 1} than in round 1 for "
+                        f"{', '.join(changed)}: one build on one machine must repeat itself bit for bit"
+                    )
                 for name, t in result["times"].items():
                     best[side, name] = min(best.get((side, name), float("inf")), t)
         rows = []

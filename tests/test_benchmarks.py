@@ -167,3 +167,24 @@ def test_kernel_ab_refuses_bad_sides_and_cases_and_catches_a_disagreement(tmp_pa
     grads = [1.5, [1.0, -2.0, 3.0]]
     assert kernel_ab.disagreement(grads, [1.5, [1.0, -2.0, 3.0 * (1 + 1e-6)]], rtol=1e-4) < 1
     assert kernel_ab.disagreement(grads, [1.5, [1.0, -2.0, 3.0 * (1 + 1e-3)]], rtol=1e-4) > 1
+
+
+def test_kernel_ab_catches_a_side_that_does_not_repeat_itself(tmp_path, monkeypatch):
+    """Round 2 of side B computes a gradient other than round 1's: refused before any figure."""
+    a, b = tmp_path / "a.so", tmp_path / "b.so"
+    a.write_bytes(b""), b.write_bytes(b"")  # build() only checks that a given .so exists
+    calls = []
+
+    def fake_side(library, cases, repeats, out):
+        calls.append(library.name)
+        drift = 1e-7 if library.name == "b.so" and calls.count("b.so") == 2 else 0.0
+        return {"times": {"relu:2": 0.01}, "outputs": {"relu:2": [1.5, [1.0, 2.0 + drift]]}}
+
+    monkeypatch.setattr(kernel_ab, "run_side", fake_side)
+    with pytest.raises(AssertionError, match=r"B \(.*b.so\) computed other values in round 2 .* relu:2"):
+        kernel_ab.compare(str(a), str(b), [("relu", 2)], rounds=3, repeats=1, rtol=1e-4, log=lambda s: None)
+    assert calls == ["a.so", "b.so", "a.so", "b.so"]  # stopped at the first round that differs
+    calls.clear()
+    monkeypatch.setattr(kernel_ab, "run_side", lambda *args: fake_side(a, *args[1:]))  # both sides repeat
+    report = kernel_ab.compare(str(a), str(b), [("relu", 2)], rounds=3, repeats=1, rtol=1e-4, log=lambda s: None)
+    assert [r["case"] for r in report["rows"]] == ["relu:2"] and len(calls) == 6

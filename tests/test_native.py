@@ -16,7 +16,7 @@ import pytest
 
 from irnn_jax import config_check, loop, native, recurrence, sweep
 from tests import test_lstm
-from tests.conftest import read_rows, tiny_config
+from tests.conftest import ROOT, read_rows, tiny_config
 from tests.test_recurrence import check_against_scan, make_params
 
 
@@ -25,6 +25,16 @@ def test_the_kernel_is_built_where_a_compiler_is():
     missing kernel is a broken build, not a reason to test less."""
     if shutil.which("c++") or shutil.which("g++"):
         assert native.available(), native._load()
+
+
+def test_every_kernel_source_is_in_the_build_recipe():
+    """csrc/build.json is what setup.py and benchmarks/kernel_ab.py compile: a .cc left out of it
+    would be missing from the library, a .h from setup.py's rebuild triggers."""
+    root = ROOT / "csrc"
+    recipe = json.loads((root / "build.json").read_text())
+    assert sorted(recipe["sources"]) == sorted(f"csrc/{p.name}" for p in root.glob("*.cc"))
+    assert sorted(recipe["depends"]) == sorted(f"csrc/{p.name}" for p in root.glob("*.h"))
+    assert "build.json" in (ROOT / "setup.py").read_text() and "build.json" in (ROOT / "MANIFEST.in").read_text()
 
 
 # (batch, steps, inputs, hidden): batch below, at and off the kernel's row blocks of 3 and 4; hidden
