@@ -128,7 +128,7 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
         elif result.last_row is not None:
             row = result.last_row
             accuracy = f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            print(f"done: step {row['step']}{accuracy}, test loss {row['test_loss']:.4f}")
+            print(f"done: step {row['step']}{accuracy}, test loss {metrics.format_metric(row['test_loss'])}")
         else:
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 

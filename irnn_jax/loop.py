@@ -171,19 +171,6 @@ def _train_row(step: int, steps_per_epoch: int, sums: dict, regression: bool) ->
     return row
 
 
-def _format_row(name: str, row: dict) -> str:
-    f = lambda k, label: f" {label} {row[k]:.4f}" if row.get(k) is not None else ""  # noqa: E731
-    validation = (
-        f"{f('validation_loss', 'val loss')}{f('validation_accuracy', 'acc')} |" if "validation_loss" in row else ""
-    )
-    return (
-        f"{name + ': ' if name else ''}step {row['step']} (epoch {row['epoch']:.2f}):"
-        f"{f('train_loss', 'train loss')}{f('train_accuracy', 'acc')} |{validation}{f('test_loss', 'test loss')}"
-        f"{f('test_accuracy', 'acc')} |{f('grad_norm', 'grad norm')} | {row['steps_per_second']:.1f} steps/s"
-        + (" | DIVERGED (frozen)" if row.get("diverged") else "")
-    )
-
-
 def train_and_evaluate(
     config,
     workdir: str | Path,
@@ -334,7 +321,8 @@ def _train(
                 for k in sorted(newly):  # a sweep goes on; the diverged run stays frozen
                     logging.warning("run %s: non-finite loss; its state is frozen from here on", names[k])
                 diverged |= newly
-                if metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
+                all_diverged = len(diverged) == len(names)  # a sweep with nothing left to train
+                if all_diverged or metrics_lib.should_run(step, config.eval_every_steps, num_steps, config.eval_offset):
                     rate = (step - interval_start) / (time.perf_counter() - t_interval)
                     last_rows = []
                     skipped = optim.skipped_steps(state.opt_state)  # skip_spike_factor > 0: steps skipped so far
@@ -350,13 +338,22 @@ def _train(
                         last_rows.append(row)
                         if main:
                             writers[k].write(row)
-                            progress.write(_format_row(names[k], row))
+                            progress.write(metrics_lib.format_row(names[k], row))
                     state = s.reset_fn(state)
                     t_interval, interval_start = time.perf_counter(), step
                 # Time-based saves: every process must take the same decision, so process 0's clock decides.
                 due_by_time = every_seconds > 0 and parallel.any_process(
                     main and time.perf_counter() - t_saved >= every_seconds
                 )
+                if all_diverged:
+                    save(step)
+                    checkpointer.wait()
+                    outcome = f"diverged at step {step}: every run"
+                    raise train.DivergenceError(
+                        f"every run of the sweep has diverged ({', '.join(names)}), the last by step {step}; "
+                        f"their rows, each marked diverged, are in {workdir / 'runs'}, and their frozen states in "
+                        f"{checkpointer.directory}. Lower learning_rate or set clip_norm, in a new workdir."
+                    )
                 if metrics_lib.should_run(step, config.checkpoint_every_steps, num_steps) or stopping or due_by_time:
                     save(step)
                 if stopping:

@@ -6,6 +6,7 @@ from run to run; every other field is a deterministic function of the config.
 """
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -96,3 +97,22 @@ class MetricsWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def format_metric(value: float) -> str:
+    """4 decimals, or 3 significant digits below 0.001 (the adding problem's MSE reaches 1e-6)."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 or not math.isfinite(value) else f"{value:.2e}"
+
+
+def format_row(name: str, row: dict) -> str:
+    """One evaluation's row as the line printed for it (NAME: step S (epoch E): train loss ... | ...)."""
+    f = lambda k, label: f" {label} {format_metric(row[k])}" if row.get(k) is not None else ""  # noqa: E731
+    validation = (
+        f"{f('validation_loss', 'val loss')}{f('validation_accuracy', 'acc')} |" if "validation_loss" in row else ""
+    )
+    return (
+        f"{name + ': ' if name else ''}step {row['step']} (epoch {row['epoch']:.2f}):"
+        f"{f('train_loss', 'train loss')}{f('train_accuracy', 'acc')} |{validation}{f('test_loss', 'test loss')}"
+        f"{f('test_accuracy', 'acc')} |{f('grad_norm', 'grad norm')} | {row['steps_per_second']:.1f} steps/s"
+        + (" | DIVERGED (frozen)" if row.get("diverged") else "")
+    )

@@ -1,11 +1,13 @@
 """Sweeps: many runs in one jitted step, each equal to the same config run alone."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
 from experiments.configs import pixel_mnist
-from irnn_jax import config_check, loop, metrics, sweep
+from irnn_jax import config_check, loop, metrics, sweep, train
 from tests.conftest import SigtermAfterFirstRow, read_rows, tiny_config, train_steps, write_idx_dir
 
 SPEC = "seed=0,1 learning_rate=1e-4,1e-3 clip_norm=1,0"
@@ -116,3 +118,23 @@ def test_a_diverging_run_is_frozen_and_the_others_go_on(idx_dir, tmp_path):
     frozen = jax.tree.map(lambda x: np.asarray(x)[1], (result.state.params, result.state.opt_state))
     at_five = jax.tree.map(lambda x: np.asarray(x)[1], (early.state.params, early.state.opt_state))
     jax.tree.map(np.testing.assert_array_equal, frozen, at_five)
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_every_run_diverged_stops_there_with_their_rows(idx_dir, tmp_path):
+    """Nothing is left to train: the loop evaluates once more (each row marked diverged), saves, and
+    stops with the reason instead of running frozen states to the end."""
+    config = tiny_config(
+        idx_dir, optimizer="sgd", clip_norm=0.0, recurrent_gain=1.0, num_train_steps=400, eval_every_steps=100,
+        checkpoint_every_steps=1000, steps_per_call=1, sweep="learning_rate=1e6,3e6",
+    )  # fmt: skip
+    with pytest.raises(train.DivergenceError, match="every run of the sweep has diverged") as e:
+        loop.train_and_evaluate(config, tmp_path)
+    (session,) = json.loads((tmp_path / "run.json").read_text())["sessions"]
+    last = session["end_step"]
+    assert 0 < last < 100 and session["outcome"] == f"diverged at step {last}: every run"  # the page marks it
+    assert f"the last by step {last}" in str(e.value)
+    assert [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()] == [last]
+    for name, _ in sweep.expand(config):
+        rows = read_rows(tmp_path / "runs" / name)
+        assert [r["step"] for r in rows] == [last] and rows[-1]["diverged"]

@@ -138,6 +138,27 @@ def test_should_run_every_n_and_the_last(every, last, offset, want):
     assert [s for s in range(1, last + 1) if metrics.should_run(s, every, last, offset)] == want
 
 
+@pytest.mark.parametrize(
+    "value,text",
+    [(0.16789, "0.1679"), (2.5, "2.5000"), (0.0, "0.0000"), (0.001, "0.0010"), (5.3e-06, "5.30e-06"),
+     (0.00047, "4.70e-04"), (float("nan"), "nan"), (float("inf"), "inf")],
+)  # fmt: skip
+def test_a_metric_keeps_its_digits_below_a_thousandth(value, text):
+    """The adding problem's MSE falls to 1e-6: four decimals would print it as 0.0000."""
+    assert metrics.format_metric(value) == text
+
+
+def test_a_printed_row_names_each_metric_once_and_marks_divergence():
+    row = {"step": 3125, "epoch": 1.0, "train_loss": 0.18, "test_loss": 2.1e-05, "grad_norm": 0.76,
+           "steps_per_second": 65.6}  # fmt: skip
+    line = metrics.format_row("", row)
+    assert line == "step 3125 (epoch 1.00): train loss 0.1800 | test loss 2.10e-05 | grad norm 0.7600 | 65.6 steps/s"
+    row.update(train_accuracy=0.5, test_accuracy=0.25, validation_loss=0.3, validation_accuracy=0.75, diverged=True)
+    line = metrics.format_row("001_seed=1", row)
+    assert line.startswith("001_seed=1: step 3125 (epoch 1.00): train loss 0.1800 acc 0.5000 | val loss 0.3000 acc")
+    assert "| test loss 2.10e-05 acc 0.2500 |" in line and line.endswith("| DIVERGED (frozen)")
+
+
 @pytest.mark.parametrize("every", [1, 3, 7, 500])
 @pytest.mark.parametrize("offset", [0, 1, 2, 9, 1001])
 def test_next_due_is_the_next_step_should_run_fires_at(every, offset):
