@@ -125,14 +125,28 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             sys.exit(1)
         if result.stopped_by_signal:
             print(f"stopped by signal at step {result.step}; run the same command to resume", file=sys.stderr)
-        elif result.last_row is not None:
-            row = result.last_row
-            accuracy = f", test accuracy {row['test_accuracy']:.4f}" if "test_accuracy" in row else ""
-            print(f"done: step {row['step']}{accuracy}, test loss {metrics.format_metric(row['test_loss'])}")
+        elif result.last_rows:
+            print("\n".join(done_lines(result.last_rows, result.run_names)))
         else:
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 
     app.run(main)
+
+
+def done_lines(rows: list[dict], names: list[str]) -> list[str]:
+    """The closing lines of a finished run: one line for a single run; for a sweep, the step and then
+    one line per run, named, so that no run's result is left out."""
+
+    def result(row):
+        accuracy = f"test accuracy {row['test_accuracy']:.4f}, " if "test_accuracy" in row else ""
+        frozen = " (diverged: its state frozen where it stopped)" if row.get("diverged") else ""
+        return f"{accuracy}test loss {metrics.format_metric(row['test_loss'])}{frozen}"
+
+    if len(rows) == 1:
+        return [f"done: step {rows[0]['step']}, {result(rows[0])}"]
+    return [f"done: step {rows[0]['step']}, {len(rows)} runs"] + [
+        f"  {name}: {result(row)}" for name, row in zip(names, rows, strict=True)
+    ]
 
 
 def _exit_on_unknown_fields(presets_module) -> None:

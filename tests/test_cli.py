@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments.configs import base, pixel_mnist
 from irnn_jax import metrics, parallel, train
 from tests.conftest import ROOT
@@ -198,3 +199,38 @@ def test_a_second_writer_of_a_workdir_is_refused_and_the_first_is_untouched(idx_
     assert first.returncode == 0, out[-3000:]
     steps = [r["step"] for r in metrics.read_rows(tmp_path / "metrics.jsonl")]
     assert steps == sorted(set(steps)) and len(json.loads((tmp_path / "run.json").read_text())["sessions"]) == 1
+
+
+def test_a_sweep_closes_with_every_run_named():
+    # One line for a single run; for a sweep, every run's result, not only the first run's.
+    one = [{"step": 7, "test_accuracy": 0.91234, "test_loss": 0.3}]
+    assert cli.done_lines(one, [""]) == ["done: step 7, test accuracy 0.9123, test loss 0.3000"]
+    rows = [
+        {"step": 7, "test_accuracy": 0.5, "test_loss": 1.25},
+        {"step": 7, "test_accuracy": 0.25, "test_loss": 2e-5, "diverged": True},
+    ]
+    assert cli.done_lines(rows, ["000_seed=0", "001_seed=1"]) == [
+        "done: step 7, 2 runs",
+        "  000_seed=0: test accuracy 0.5000, test loss 1.2500",
+        "  001_seed=1: test accuracy 0.2500, test loss 2.00e-05 (diverged: its state frozen where it stopped)",
+    ]
+
+
+@pytest.mark.slow
+def test_a_sweep_from_the_command_line_prints_each_runs_result(idx_dir, tmp_path):
+    out = _run(
+        f"--workdir={tmp_path}",
+        f"--config.data_dir={idx_dir}",
+        "--config.hidden_size=4",
+        "--config.num_train_steps=3",
+        "--config.batch_size=2",
+        "--config.sweep=seed=0,1",
+        "--config.progress_bar=False",
+        "--cpu_devices=1",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()[-3:]
+    assert lines[0] == "done: step 3, 2 runs", out.stdout
+    for name, line in zip(["000_seed=0", "001_seed=1"], lines[1:], strict=True):
+        last = metrics.read_rows(tmp_path / "runs" / name / "metrics.jsonl")[-1]
+        assert line.startswith(f"  {name}: test accuracy {last['test_accuracy']:.4f}, test loss"), out.stdout
