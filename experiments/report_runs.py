@@ -95,11 +95,17 @@ def overrides(run: Run, with_recurrence: bool = False) -> dict:
     skip = _BOOKKEEPING | {"seed"}
     if with_recurrence:
         skip = skip - {"recurrence"}
-    # A field of base.py that the run predates had the value base.py gives it, what the older code did
-    # (a run from before spike skipping skipped nothing): set against a preset that changed it since.
-    older = {k: checkpoint.as_json(v) for k, v in base.base_config().to_dict().items() if k in preset}
-    config = older | run.config
+    config = config_as_now(run)
     return {k: v for k, v in config.items() if k not in skip and checkpoint.as_json(preset.get(k)) != v}
+
+
+def config_as_now(run: Run) -> dict:
+    """The run's config with the fields it predates filled in. A field of base.py that the run predates
+    had the value base.py gives it, what the older code did (a run from before spike skipping skipped
+    nothing): set against a preset that changed it since, or against seeds run after the field came."""
+    preset = EXPERIMENTS[run.experiment].get_config(run.preset).to_dict()
+    older = {k: checkpoint.as_json(v) for k, v in base.base_config().to_dict().items() if k in preset}
+    return older | run.config
 
 
 def planned_steps(run: Run) -> int:
@@ -251,7 +257,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
                 run.experiment,
                 run.preset,
                 run.superseded,
-                {k: v for k, v in run.config.items() if k not in _BOOKKEEPING | {"seed"}},
+                {k: v for k, v in config_as_now(run).items() if k not in _BOOKKEEPING | {"seed"}},
             ],  # fmt: skip
             sort_keys=True,
             default=list,

@@ -284,6 +284,19 @@ def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names
     assert "0.3500 ± 0.0707" in report.budget_table([group])
 
 
+def test_a_seed_run_before_a_config_field_existed_groups_with_seeds_run_after():
+    """A run records the config of its day: one from before a field of base.py existed (here
+    ema_decay) ran as that field's default, so it is one configuration with later seeds that record
+    the default, and not with a seed that changed the field."""
+    old_run = _budget_run("budget_irnn", 0, 0.80)
+    del old_run.config["ema_decay"]
+    groups = report.group_runs(
+        [old_run, _budget_run("budget_irnn", 1, 0.70), _budget_run("budget_irnn", 2, 0.6, ema_decay=0.9)]
+    )
+    assert [[r.config["seed"] for r in g.runs] for g in groups] == [[0, 1], [2]]
+    assert report.overrides(groups[1].first) == {"ema_decay": 0.9}
+
+
 def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="no run.json"):
         report.load_runs(tmp_path)
