@@ -105,16 +105,22 @@ def test_missing_data_dir_exits_1_with_a_message(tmp_path):
     assert "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
-@pytest.mark.slow
-def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
-    out = _run(
-        f"--workdir={tmp_path}",
+def _run_tiny(idx_dir, workdir, *args):
+    """Three steps of a 4-unit model at batch 2 on the test's IDX files."""
+    return _run(
+        f"--workdir={workdir}",
         f"--config.data_dir={idx_dir}",
         "--config.hidden_size=4",
         "--config.num_train_steps=3",
         "--config.batch_size=2",
         "--config.progress_bar=False",
+        *args,
     )
+
+
+@pytest.mark.slow
+def test_runs_end_to_end_from_idx_files(idx_dir, tmp_path):
+    out = _run_tiny(idx_dir, tmp_path)
     assert out.returncode == 0, out.stderr
     assert "done: step 3, test accuracy" in out.stdout
     assert (tmp_path / "checkpoints" / "3").is_dir()
@@ -218,16 +224,7 @@ def test_a_sweep_closes_with_every_run_named():
 
 @pytest.mark.slow
 def test_a_sweep_from_the_command_line_prints_each_runs_result(idx_dir, tmp_path):
-    out = _run(
-        f"--workdir={tmp_path}",
-        f"--config.data_dir={idx_dir}",
-        "--config.hidden_size=4",
-        "--config.num_train_steps=3",
-        "--config.batch_size=2",
-        "--config.sweep=seed=0,1",
-        "--config.progress_bar=False",
-        "--cpu_devices=1",
-    )
+    out = _run_tiny(idx_dir, tmp_path, "--config.sweep=seed=0,1", "--cpu_devices=1")
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()[-3:]
     assert lines[0] == "done: step 3, 2 runs", out.stdout
