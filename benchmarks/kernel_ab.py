@@ -109,7 +109,7 @@ def build(side: str, out_dir: Path, log=print) -> Path:
 
 def worker(cases: list[tuple[str, int]], repeats: int, out: Path) -> None:
     """In a subprocess whose IRNN_JAX_NATIVE_LIBRARY names one side: best time and outputs per case."""
-    if reason := native._load():
+    if reason := native._load().reason:
         raise SystemExit(f"kernel_ab worker: {reason}")
     rng = np.random.default_rng(0)
     rnn = {

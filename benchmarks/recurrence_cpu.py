@@ -136,7 +136,7 @@ def native_parts(batch_sizes, reps: int) -> None:
     its states. What keeping the states costs, the forward keeping them over the one that does not,
     is memory traffic the chain does not have: (T, B, Hp) floats written, and read back by the backward."""
     if not native.available():
-        raise SystemExit(f"--native_parts needs the native kernel: {native._load()}")
+        raise SystemExit(f"--native_parts needs the native kernel: {native._load().reason}")
     print(f"\nnative kernel parts, {T} steps, hidden {H}: median (min) ms; ratios of the min to the chain's min")
     for batch in batch_sizes:
         params, x_BxTxC, _ = make_inputs(batch)

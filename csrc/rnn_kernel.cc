@@ -13,6 +13,8 @@
 // zeros that stay zero (relu(0) = tanh(0) = 0), so every vector load is whole. tanh is a rational
 // approximation good to 3e-7 relative (kTanh*; XLA's CPU tanh is one of the same kind). Float sums run in
 // another order than XLA's: equal to it to float32 rounding (tests/test_native.py).
+#include <cmath>
+
 #include "kernels.h"
 
 namespace {
@@ -27,7 +29,7 @@ template <int ACT>
 inline vec activate(vec z) {
   if (ACT == kTanh) return tanh_approx(z);
   const vec zero = splat(0.0f);
-  return z > zero ? z : zero;
+  return z < zero ? zero : z;  // NaN stays NaN (z > 0 ? z : 0 would map it to 0): a divergence shows in the loss
 }
 
 // act'(z) * g, written with h = act(z): relu, g where h > 0; tanh, g (1 - h^2).
@@ -208,7 +210,149 @@ ffi::Error BackwardImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> states, f
   return ffi::Error::Success();
 }
 
+// The self-test behind IrnnSelfTest: a small forward (relu and tanh, a width with the quarter tail and one
+// without) and a relu backward, against plain scalar loops in double. 0: all agree; else the number of the
+// first check that failed.
+int self_test() {
+  const int T = 5, B = 3, C = 2;
+  for (int H : {20, 32}) {
+    const int nv = vectors(H);
+    float x[T * B * C], w_in[C * 32], w_rec[32 * 32], b[32], h_last[B * 32];
+    for (int i = 0; i < T * B * C; ++i) x[i] = 0.25f * static_cast<float>((i * 7) % 11) - 1.0f;
+    for (int i = 0; i < C * H; ++i) w_in[i] = 0.1f * static_cast<float>((i * 5) % 9) - 0.4f;
+    for (int i = 0; i < H * H; ++i) w_rec[i] = (i % (H + 1) == 0 ? 0.9f : 0.0f) + 0.01f * static_cast<float>((i * 3) % 7 - 3);
+    for (int i = 0; i < H; ++i) b[i] = 0.02f * static_cast<float>(i % 5) - 0.04f;
+    for (int act : {static_cast<int>(kRelu), static_cast<int>(kTanh)}) {
+      dispatch<Forward>(nv, act, quarter_tail(H), T, B, C, H, x, w_in, w_rec, b, static_cast<float*>(nullptr), h_last);
+      double h[B * 32] = {}, z[B * 32];
+      for (int t = 0; t < T; ++t) {
+        for (int r = 0; r < B; ++r)
+          for (int j = 0; j < H; ++j) {
+            double s = b[j];
+            for (int c = 0; c < C; ++c) s += static_cast<double>(x[(t * B + r) * C + c]) * w_in[c * H + j];
+            for (int k = 0; k < H; ++k) s += h[r * H + k] * w_rec[k * H + j];
+            z[r * H + j] = act == kRelu ? (s > 0 ? s : 0) : std::tanh(s);
+          }
+        std::memcpy(h, z, sizeof(double) * B * H);
+      }
+      for (int i = 0; i < B * H; ++i)
+        if (!(std::fabs(h_last[i] - h[i]) <= 1e-4 * (1 + std::fabs(h[i])))) return 1 + act;
+    }
+    // The backward runs (relu), and its bias gradient is finite where every input is.
+    Floats states = zeros(static_cast<size_t>(T) * B * nv * kLanes);
+    dispatch<Forward>(nv, static_cast<int>(kRelu), quarter_tail(H), T, B, C, H, x, w_in, w_rec, b, states.get(), h_last);
+    float dh[B * 32], dx[T * B * C], dw_in[C * 32], dw_rec[32 * 32], db[32];
+    for (int i = 0; i < B * H; ++i) dh[i] = 1.0f;
+    dispatch<Backward>(nv, static_cast<int>(kRelu), quarter_tail(H), T, B, C, H, static_cast<const float*>(x),
+                       static_cast<const float*>(states.get()), static_cast<const float*>(h_last),
+                       static_cast<const float*>(dh), static_cast<const float*>(w_in), static_cast<const float*>(w_rec),
+                       dx, dw_in, dw_rec, db);
+    for (int i = 0; i < H; ++i)
+      if (!std::isfinite(db[i])) return 3;
+  }
+  return 0;
+}
+
 }  // namespace
+
+// What the library was compiled for, as the compiler's predefined macros say, in /proc/cpuinfo's names: a
+// string that irnn_jax/native.py finds in the file's bytes before it loads the library (a library built
+// for a CPU with more than this one has would die of an illegal instruction on load or on its first call).
+extern "C" __attribute__((used, visibility("default"))) const char IrnnBuildIsa[] =
+    "irnn-jax-native-isa:"
+#ifdef __SSE4_2__
+    "sse4_2,"
+#endif
+#ifdef __POPCNT__
+    "popcnt,"
+#endif
+#ifdef __AVX__
+    "avx,"
+#endif
+#ifdef __AVX2__
+    "avx2,"
+#endif
+#ifdef __FMA__
+    "fma,"
+#endif
+#ifdef __F16C__
+    "f16c,"
+#endif
+#ifdef __BMI__
+    "bmi1,"
+#endif
+#ifdef __BMI2__
+    "bmi2,"
+#endif
+#ifdef __LZCNT__
+    "abm,"
+#endif
+#ifdef __MOVBE__
+    "movbe,"
+#endif
+#ifdef __AVX512F__
+    "avx512f,"
+#endif
+#ifdef __AVX512CD__
+    "avx512cd,"
+#endif
+#ifdef __AVX512BW__
+    "avx512bw,"
+#endif
+#ifdef __AVX512DQ__
+    "avx512dq,"
+#endif
+#ifdef __AVX512VL__
+    "avx512vl,"
+#endif
+#ifdef __AVX512IFMA__
+    "avx512ifma,"
+#endif
+#ifdef __AVX512VBMI__
+    "avx512vbmi,"
+#endif
+#ifdef __AVX512VBMI2__
+    "avx512_vbmi2,"
+#endif
+#ifdef __AVX512VNNI__
+    "avx512_vnni,"
+#endif
+#ifdef __AVX512BITALG__
+    "avx512_bitalg,"
+#endif
+#ifdef __AVX512VPOPCNTDQ__
+    "avx512_vpopcntdq,"
+#endif
+#ifdef __AVX512BF16__
+    "avx512_bf16,"
+#endif
+#ifdef __AVX512FP16__
+    "avx512_fp16,"
+#endif
+#ifdef __AVXVNNI__
+    "avx_vnni,"
+#endif
+#ifdef __AMX_TILE__
+    "amx_tile,"
+#endif
+#ifdef __GFNI__
+    "gfni,"
+#endif
+#ifdef __VAES__
+    "vaes,"
+#endif
+#ifdef __VPCLMULQDQ__
+    "vpclmulqdq,"
+#endif
+#ifdef __aarch64__
+    "aarch64,"
+#endif
+    ";";
+
+// 0 when the kernels compute what plain loops compute on this CPU (irnn_jax/native.py runs it in a child
+// process before the library is loaded into the training process: a library that traps or is damaged kills
+// the child, not the run).
+extern "C" __attribute__((visibility("default"))) int IrnnSelfTest() { return self_test(); }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IrnnRnnForward, ForwardImpl,
                               ffi::Ffi::Bind()

@@ -22,6 +22,7 @@ KNOWN_ERRORS = (
     workdir.WorkdirBusyError,
     checkpoint.CheckpointMismatchError,
     checkpoint.CheckpointCorruptError,
+    checkpoint.StorageError,
     metrics.MetricsFileError,
     train.DivergenceError,
 )
@@ -46,10 +47,17 @@ def field_help(config_file: str) -> str:
 
 
 class _QuietLibraries(std_logging.Filter):
-    """Drops Orbax's INFO chatter (one line per save) from the absl log."""
+    """Drops Orbax's INFO chatter (one line per save) from the absl log, and the tracebacks its writer
+    threads and their asyncio tasks log when a write fails: the same failure reaches the run, which
+    names the folder and the cause in one line (checkpoint.StorageError)."""
 
     def filter(self, record):
-        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+        if "/orbax/" in record.pathname:
+            failed_write = record.levelno >= std_logging.ERROR and record.exc_info
+            return record.levelno >= std_logging.WARNING and not failed_write
+        if "/asyncio/" in record.pathname and "exception was never retrieved" in str(record.msg):
+            return False
+        return True
 
 
 def run_experiment(doc: str, config_file: str, default_preset: str, experiment: str) -> None:
@@ -121,7 +129,12 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
                 mirror=mirror_flag.value,
             )
         except KNOWN_ERRORS as e:
+            if isinstance(e, checkpoint.StorageError):
+                sys.unraisablehook = lambda unraisable: None  # Orbax's unfinished writers, at exit
             print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as e:  # the workdir or the mirror: a file, read-only, under /proc, a full disk
+            print(f"error: {filesystem_message(e, workdir)}", file=sys.stderr)
             sys.exit(1)
         if result.stopped_by_signal:
             print(f"stopped by signal at step {result.step}; run the same command to resume", file=sys.stderr)
@@ -131,6 +144,17 @@ def run_experiment(doc: str, config_file: str, default_preset: str, experiment: 
             print(f"nothing to do: {workdir} already holds the finished run (step {result.step})")
 
     app.run(main)
+
+
+def filesystem_message(e: OSError, workdir: str) -> str:
+    """One line for a failed file operation: the path, the cause, and what to do."""
+    path = e.filename or workdir
+    also = f" (and {e.filename2})" if e.filename2 else ""
+    return (
+        f"cannot write {path}{also}: {e.strerror or e}. The workdir ({workdir}) must be a folder that this process "
+        f"can create and write, on a disk with free space; fix that and run the same command (a run resumes from its "
+        f"last complete checkpoint)"
+    )
 
 
 def done_lines(rows: list[dict], names: list[str]) -> list[str]:

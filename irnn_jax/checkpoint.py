@@ -14,9 +14,12 @@ state's structure and a SHA-256 over the bytes of every leaf. Restoring:
   default reproduces the old behaviour (ADDED_FIELDS); otherwise it is refused, saying why.
 """
 
+import contextlib
 import datetime
 import hashlib
 import os
+import re
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -128,6 +131,20 @@ def state_checksum(state) -> str:
     return digest.hexdigest()
 
 
+class StorageError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a read-only or vanished folder); the message
+    names the folder and the cause. The checkpoints already complete are untouched."""
+
+
+def storage_cause(e: BaseException) -> str | None:
+    """The operating system's cause of a failed write, in words, when `e` is one: an OSError, or the
+    error Orbax's TensorStore writers raise (a ValueError whose text ends in [os_error_code='28'])."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    m = re.search(r"os_error_code='?(\d+)", str(e))
+    return os.strerror(int(m.group(1))) if m else None
+
+
 class Checkpointer:
     """An Orbax CheckpointManager with explicit saves, verified restores and a config guard."""
 
@@ -142,6 +159,7 @@ class Checkpointer:
             enable_async_checkpointing=True,
         )
         self._manager = ocp.CheckpointManager(self.directory, options=self._options)
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -150,14 +168,41 @@ class Checkpointer:
         """Saves asynchronously, with the state's checksum; `close()` (or `wait()`) makes it durable."""
         meta = {**meta, "config_version": CONFIG_VERSION, "state_structure": state_structure(state)}
         meta["state_sha256"] = state_checksum(state)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        with self._storage_errors():
+            self._manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._storage_errors():
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """A failed write becomes one StorageError that names the folder and the cause; the unfinished
+        save's temporary folder is removed (on a full disk, that frees the space that run.json needs)."""
+        try:
+            yield
+        except Exception as e:
+            cause = storage_cause(e)
+            if cause is None:
+                raise
+            self._failed = True
+            self.remove_unfinished()
+            done = self._manager.latest_step() if self._manager is not None else None
+            raise StorageError(  # saves are asynchronous: the one that failed may be the previous one
+                f"cannot write checkpoints in {self.directory}: {cause}. The checkpoints already complete are kept "
+                f"(newest: {'none' if done is None else f'step {done}'}); fix the folder or free space, then run "
+                f"the same command to resume"
+            ) from e
+
+    def remove_unfinished(self) -> None:
+        """Deletes the temporary folders of saves that did not finish (Orbax's *.orbax-checkpoint-tmp)."""
+        if parallel.is_main_process():
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def read_meta(self, step: int) -> dict:
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
@@ -271,11 +316,18 @@ class Checkpointer:
         return None
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager; safe to call twice."""
+        """Waits for pending saves and releases the manager; safe to call twice. After a failed write
+        (StorageError, already raised) it only lets go: the same failure is not raised twice."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
-            self._manager.close()
-            self._manager = None
+            try:
+                with self._storage_errors():
+                    self._manager.wait_until_finished()
+                    self._manager.close()
+            except StorageError:
+                if not self._failed:
+                    raise
+            finally:
+                self._manager = None
 
 
 class StopOnSignal:

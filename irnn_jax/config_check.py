@@ -7,6 +7,8 @@ from Python (cheap, pure Python).
 
 import math
 
+from jax._src import xla_bridge
+
 from irnn_jax import input_pipeline, native, optim, recurrence, sweep
 from irnn_jax import model as model_lib
 
@@ -48,7 +50,10 @@ def validate_config(config) -> None:
     )
     if c.recurrence == "native" and c.cell in recurrence.NATIVE_CELLS:  # not built, not on CPU, too wide
         try:
-            native.check(recurrence.NATIVE_CELLS[c.cell], c.hidden_size)
+            # Before JAX starts its backends (the command line checks before --cpu_devices applies) the
+            # platform waits for the second check, in loop.train_and_evaluate: asking would start them.
+            platform = None if xla_bridge.backends_are_initialized() else "any"
+            native.check(recurrence.NATIVE_CELLS[c.cell], c.hidden_size, platform)
         except native.NativeUnavailable as e:
             need(False, str(e))
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
@@ -82,7 +87,10 @@ def validate_config(config) -> None:
         f"clip_norm must be >= 0 (0 turns clipping off), got {c.clip_norm!r}",
     )
     need(math.isfinite(c.recurrent_gain), f"recurrent_gain must be finite, got {c.recurrent_gain!r}")
-    need(c.input_init_std > 0, f"input_init_std must be > 0, got {c.input_init_std!r}")
+    need(
+        math.isfinite(c.input_init_std) and c.input_init_std > 0,
+        f"input_init_std must be finite and > 0, got {c.input_init_std!r}",
+    )
     need_int("num_train_steps", 0, " (0: use num_epochs)")
     need_int("num_epochs", 1, " (num_train_steps > 0 overrides it)")
     need(
@@ -123,10 +131,31 @@ def validate_config(config) -> None:
             need_int(field, low)
     if "earlier_passes" in c:  # S3's replay (row_mnist tanh50_dense30_as_logged)
         need(c.earlier_passes in (1, 2, 3), f"earlier_passes must be 1, 2 or 3, got {c.earlier_passes!r}")
+    checked = {"input_std", "input_mean", "learning_rate", "clip_norm", "recurrent_gain", "input_init_std"}
+    for field, v in c.items():  # every other float field: a non-finite value is never meant
+        if field not in checked and isinstance(v, float) and not math.isfinite(v):
+            problems.append(f"{field} must be finite, got {v!r}")
     if c.sweep:
         try:
-            sweep.parse(c.sweep)
+            members = sweep.expand(c)
         except sweep.SweepError as e:
             problems.append(str(e))
+        else:  # each run of the sweep passes the checks a single run does
+            for name, member in members:
+                try:
+                    validate_config(member)
+                except ConfigError as e:
+                    lines = str(e).splitlines()[1:]
+                    problems.extend(f"sweep run {name}: {line.strip()}" for line in lines)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+
+
+def check_split(config, dataset) -> None:
+    """ConfigError unless config.validation_size leaves training examples in `dataset` (a data.Dataset):
+    the one check that needs the data, made before the run's workdir exists."""
+    n = len(dataset.train)
+    if config.validation_size and not config.validation_size < n:
+        raise ConfigError(
+            f"invalid config:\n  validation_size must be below the {n} training examples, got {config.validation_size}"
+        )

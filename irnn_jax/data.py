@@ -96,13 +96,15 @@ def same_arrays(a: dict, b: dict) -> bool:
 # --------------------------------------------------------------------------- IDX
 
 
-def read_idx(path: str | os.PathLike, expected_dims: int) -> np.ndarray:
-    """Reads one IDX file (plain or gzip) of unsigned bytes; errors name the file."""
+def read_idx(path: str | os.PathLike, expected_dims: int, raw: bytes | None = None) -> np.ndarray:
+    """Reads one IDX file (plain or gzip) of unsigned bytes; errors name the file. `raw`: the file's
+    bytes, already read (and checked) by the caller: decoded as they are, the file is not read again."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from e
+    if raw is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror}") from e
     if path.suffix == ".gz":
         try:
             raw = gzip.decompress(raw)
@@ -163,25 +165,28 @@ def load_idx_dir(data_dir: str | os.PathLike, name: str, kind: str = "data_dir")
     for split in ("train", "test"):
         img_path = _find_idx(data_dir, IDX_FILES[(split, "images")])
         lbl_path = _find_idx(data_dir, IDX_FILES[(split, "labels")])
-        images = read_idx(img_path, 3)
-        labels = read_idx(lbl_path, 1)
-        if images.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{img_path} holds images of shape {images.shape[1:]}, expected 28x28")
-        if len(images) != len(labels):
-            raise DataError(f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels")
-        if labels.size and labels.max() >= NUM_CLASSES:
-            raise DataError(f"{lbl_path} has label {labels.max()}, expected 0..9")
-        splits[split] = Split(images, labels.astype(np.int32))
+        splits[split] = _image_split(img_path, read_idx(img_path, 3), lbl_path, read_idx(lbl_path, 1))
     return Dataset(name, splits["train"], splits["test"], source=f"{kind}:{data_dir}")
+
+
+def _image_split(img_path: Path, images: np.ndarray, lbl_path: Path, labels: np.ndarray) -> Split:
+    """The images and labels of one split, checked against each other; errors name the files."""
+    if images.shape[1:] != IMAGE_SHAPE:
+        raise DataError(f"{img_path} holds images of shape {images.shape[1:]}, expected 28x28")
+    if len(images) != len(labels):
+        raise DataError(f"{img_path} has {len(images)} images but {lbl_path} has {len(labels)} labels")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{lbl_path} has label {labels.max()}, expected 0..9")
+    return Split(images, labels.astype(np.int32))
 
 
 # ---------------------------------------------------------------------- embedded
 
 
 def embedded_dir(name: str) -> Path | None:
-    """The folder of the copy of `name` shipped in the package, or None when none is shipped."""
+    """The folder of the copy of `name` shipped in the package (whole or not), or None when none is shipped."""
     folder = EMBEDDED_ROOT / name
-    return folder if (folder / SUMS_FILE).is_file() else None
+    return folder if folder.is_dir() and not name.startswith("_") else None
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
@@ -193,40 +198,76 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_embedded(folder: Path) -> None:
-    """Checks every file that FOLDER/SHA256SUMS lists; DataError naming the first that differs."""
-    for number, line in enumerate((folder / SUMS_FILE).read_text().splitlines(), 1):
+def _restore_hint(folder: Path, file_name: str) -> str:
+    clone = f"`git checkout -- {folder.name}/{file_name}` in a clone"
+    return f"reinstall irnn-jax (or {clone}), or pass --config.data_dir=DIR"
+
+
+def verified_embedded(folder: Path) -> dict[str, bytes]:
+    """The bytes of every file that FOLDER/SHA256SUMS lists, each read once and checked against its
+    sum: what the caller decodes is what was checked. DataError naming the first that differs."""
+    sums = folder / SUMS_FILE
+    try:
+        lines = sums.read_text().splitlines()
+    except OSError as e:
+        raise DataError(
+            f"the shipped copy of {folder.name!r} in {folder} has lost its checksum file {SUMS_FILE} "
+            f"({e.strerror}): its files cannot be checked and were not used; {_restore_hint(folder, SUMS_FILE)}"
+        ) from e
+    files = {}
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         expected, _, file_name = line.partition("  ")
         path = folder / file_name
         try:
-            actual = file_sha256(path)
+            raw = path.read_bytes()
         except OSError as e:
             raise DataError(
-                f"the embedded copy's file {path} cannot be read ({e.strerror}); reinstall irnn-jax "
-                f"(or `git checkout -- {path.name}` in a clone), or pass --config.data_dir=DIR"
+                f"the embedded copy's file {path} cannot be read ({e.strerror}); {_restore_hint(folder, file_name)}"
             ) from e
+        actual = hashlib.sha256(raw).hexdigest()
         if actual != expected:
             raise DataError(
                 f"the embedded copy's file {path} is damaged: its SHA-256 is {actual}, but "
-                f"{folder / SUMS_FILE}:{number} records {expected}. It was not used. Restore it "
+                f"{sums}:{number} records {expected}. It was not used. Restore it "
                 f"(`git checkout -- {path.name}` in a clone, or reinstall irnn-jax), or pass --config.data_dir=DIR."
             )
+        files[file_name] = raw
+    return files
+
+
+def verify_embedded(folder: Path) -> None:
+    """Checks every file that FOLDER/SHA256SUMS lists; DataError naming the first that differs."""
+    verified_embedded(folder)
 
 
 def load_embedded(name: str) -> Dataset:
-    """The copy of `name` shipped in the package, verified against its SHA-256 sums first."""
+    """The copy of `name` shipped in the package: its four `.gz` IDX files as SHA256SUMS vouches for
+    them, decoded from the very bytes that were checked. Nothing else in the folder is read (a plain
+    `t10k-labels-idx1-ubyte` put beside the `.gz` files is ignored, as any other file there)."""
     folder = embedded_dir(name)
     if folder is None:
         raise DataError(f"irnn-jax ships no copy of {name!r} (it ships: {shipped_datasets() or 'none'})")
-    verify_embedded(folder)
-    return load_idx_dir(folder, name, kind="embedded")
+    files = verified_embedded(folder)
+    splits = {}
+    for split in ("train", "test"):
+        arrays = []
+        for kind, dims in (("images", 3), ("labels", 1)):
+            file_name = IDX_FILES[(split, kind)] + ".gz"
+            if file_name not in files:
+                raise DataError(
+                    f"{folder / SUMS_FILE} lists no {file_name}: the shipped copy is incomplete; "
+                    f"{_restore_hint(folder, SUMS_FILE)}"
+                )
+            arrays += [folder / file_name, read_idx(folder / file_name, dims, raw=files[file_name])]
+        splits[split] = _image_split(*arrays)
+    return Dataset(name, splits["train"], splits["test"], source=f"embedded:{folder}")
 
 
 def shipped_datasets() -> list[str]:
     """Names of the datasets shipped in the package."""
-    return sorted(p.parent.name for p in EMBEDDED_ROOT.glob(f"*/{SUMS_FILE}"))
+    return sorted(p.name for p in EMBEDDED_ROOT.iterdir() if embedded_dir(p.name))
 
 
 # -------------------------------------------------------------------------- TFDS

@@ -108,10 +108,8 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     run_configs = [c for _, c in runs]
     dataset = dataset if dataset is not None else input_pipeline.load_dataset(config)
     data_print = data.fingerprint(dataset)
-    try:
-        dataset = input_pipeline.hold_out(dataset, config.validation_size, config.validation_seed)
-    except ValueError as e:
-        raise config_check.ConfigError(f"invalid config:\n  {e}") from e
+    config_check.check_split(config, dataset)
+    dataset = input_pipeline.hold_out(dataset, config.validation_size, config.validation_seed)
     num_steps = train.total_steps(config, len(dataset.train))
     if is_sweep:
         state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps))
@@ -198,6 +196,10 @@ def train_and_evaluate(
     """
     config_check.validate_config(config)
     parallel.maybe_initialize_distributed()
+    # The data first: what only the data can refuse (a validation split as large as the training set,
+    # a missing file) is refused before the workdir or its lock exists.
+    dataset = input_pipeline.load_dataset(config)
+    config_check.check_split(config, dataset)
     workdir = Path(workdir)
     main = parallel.is_main_process()
     lock = workdir_lib.WorkdirLock(workdir).acquire() if main else None
@@ -205,7 +207,7 @@ def train_and_evaluate(
         if mirror is not None and main:
             mirror_lib.pull(mirror, workdir)
         parallel.barrier("mirror pulled")
-        s = setup(config)
+        s = setup(config, dataset)
         return _train(s, workdir, main, experiment, command, allow_data_change, mirror if main else None)
     except Exception:
         # In a multi-process run a collective fails (JaxRuntimeError, or gloo's ValueError) when another
@@ -218,21 +220,31 @@ def train_and_evaluate(
             lock.release()
 
 
-def _check_same_data(meta: dict, current: dict, allow_data_change: bool) -> None:
-    """Raises DataMismatchError when the checkpoint's data fingerprint names other arrays."""
-    saved = meta.get("data")
+def _check_same_data(meta: dict, current: dict, allow_data_change: bool, first: dict | None = None) -> None:
+    """Raises DataMismatchError when the arrays read now are not those the run began on: the first
+    session's in run.json (`first`), else the checkpoint's. A change allowed once is allowed once: a
+    later resume on the changed data needs the flag again, since it still is not the run's own data."""
+    saved, whose = (first, "the run's first session") if first else (meta.get("data"), "this checkpoint")
     if saved is None:
         logging.warning("the checkpoint predates data fingerprints; its data cannot be checked")
     elif not data.same_arrays(saved, current):
         what = [k for k in ("train_sha256", "test_sha256") if saved[k] != current[k]]
         if not allow_data_change:
             raise data.DataMismatchError(
-                f"this checkpoint was trained on other data: its {' and '.join(what)} "
+                f"{whose} trained on other data: its {' and '.join(what)} "
                 f"({', '.join(saved[k][:12] for k in what)}..., from {saved['source']}) differ from the arrays "
                 f"read now ({', '.join(current[k][:12] for k in what)}..., from {current['source']}). Point the run "
                 f"at the same data (data_dir, data_source), or pass --allow_data_change to go on anyway."
             )
-        logging.warning("resuming on other data than the checkpoint's (%s), as asked", ", ".join(what))
+        logging.warning("resuming on other data than %s's (%s), as asked", whose, ", ".join(what))
+
+
+def _first_session_data(workdir: Path) -> dict | None:
+    """The data fingerprint of the first session of WORKDIR/run.json that recorded one, or None."""
+    for session in workdir_lib.read_run_json(workdir)["sessions"]:
+        if isinstance(session.get("data"), dict) and "train_sha256" in session["data"]:
+            return session["data"]
+    return None
 
 
 def _train(
@@ -257,7 +269,8 @@ def _train(
         start, elapsed = 0, 0.0
         if restored is not None:
             start, state, meta = restored
-            _check_same_data(meta, data_print, allow_data_change)
+            first = _first_session_data(workdir) if main else None
+            _check_same_data(meta, data_print, allow_data_change, first)
             elapsed = float(meta.get("elapsed_seconds", 0.0))
             logging.info("resumed from step %d in %s", start, checkpointer.directory)
         if main:
@@ -316,7 +329,7 @@ def _train(
                     raise train.DivergenceError(
                         f"the loss or gradient became non-finite at step {good + 1} (of steps "
                         f"{good + 1}..{step}); the state after step {good} is saved in "
-                        f"{checkpointer.directory}. Lower learning_rate or set clip_norm, in a new workdir."
+                        f"{checkpointer.directory}. {train.divergence_advice(config)}"
                     )
                 for k in sorted(newly):  # a sweep goes on; the diverged run stays frozen
                     logging.warning("run %s: non-finite loss; its state is frozen from here on", names[k])
@@ -352,7 +365,7 @@ def _train(
                     raise train.DivergenceError(
                         f"every run of the sweep has diverged ({', '.join(names)}), the last by step {step}; "
                         f"their rows, each marked diverged, are in {workdir / 'runs'}, and their frozen states in "
-                        f"{checkpointer.directory}. Lower learning_rate or set clip_norm, in a new workdir."
+                        f"{checkpointer.directory}. {train.divergence_advice(config)}"
                     )
                 if metrics_lib.should_run(step, config.checkpoint_every_steps, num_steps) or stopping or due_by_time:
                     save(step)
@@ -362,6 +375,10 @@ def _train(
         progress.close()
         outcome = "stopped by signal" if stopping else "finished"
         return RunResult(state, step, stopping, last_rows, names)
+    except Exception as e:
+        if outcome == "error":  # a divergence has named its own outcome
+            outcome = f"error: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        raise
     finally:
         checkpointer.close()  # waits for the last async save, on every exit path
         for w in writers:

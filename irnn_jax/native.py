@@ -15,84 +15,51 @@ approximation within 3e-7 of tanh, of the kind XLA's CPU tanh is) and the LSTM (
 install), is refused with a clear error by `check`; "fused" is the XLA path for all of them.
 """
 
-import ctypes
 import functools
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from irnn_jax.native_library import CPU_FLAGS_ENV, LIBRARY_ENV, TARGETS, Status, _load  # noqa: F401 (for callers)
 
 LANES = 16  # floats per vector in the kernel: rows are padded to a multiple of it
 MAX_HIDDEN = 128
 ACTIVATION_CODES = {"relu": 0, "tanh": 1}  # the simple RNN kernel's `activation` attribute
 KINDS = (*ACTIVATION_CODES, "lstm")  # what the kernels run: a simple RNN's activation, or the LSTM
 GATES = 4  # the LSTM's gates i, f, g, o
-TARGETS = {  # FFI target name: the kernel library's symbol
-    "irnn_rnn_forward": "IrnnRnnForward",
-    "irnn_rnn_backward": "IrnnRnnBackward",
-    "irnn_lstm_forward": "IrnnLstmForward",
-    "irnn_lstm_backward": "IrnnLstmBackward",
-}
 
 
 class NativeUnavailable(RuntimeError):
-    """The native kernel cannot run this: not built, another platform, cell or size."""
+    """The native kernel cannot run this: not built, another platform, cell or size, or a library that
+    cannot run on this CPU (built for another one, or damaged)."""
 
 
-LIBRARY_ENV = "IRNN_JAX_NATIVE_LIBRARY"  # a kernel library to load instead of the package's own build
-
-
-@functools.cache
-def _load() -> str | None:
-    """Registers the kernels' FFI targets (TARGETS); None when they are registered, else why not.
-
-    The library is the package's build (irnn_jax/_rnn_kernel*.so), or the file that the environment
-    variable IRNN_JAX_NATIVE_LIBRARY names (another build of csrc/, as benchmarks/kernel_ab.py times).
-    """
-    if chosen := os.environ.get(LIBRARY_ENV):
-        if not Path(chosen).is_file():
-            return f"{LIBRARY_ENV}={chosen} is not a file: unset it to use the package's own kernel"
-        found = [Path(chosen)]
-    else:
-        found = sorted(Path(__file__).parent.glob("_rnn_kernel*.so"))
-    if not found:
-        return (
-            "the native kernel is not built (irnn_jax/_rnn_kernel*.so is missing): reinstall with a C++ compiler "
-            "present (`pip install -e .`), or use --config.recurrence=fused"
-        )
-    try:
-        lib = ctypes.cdll.LoadLibrary(str(found[-1].resolve()))
-    except OSError as e:
-        return f"the native kernel {found[-1].name} does not load ({e}); rebuild it with `pip install -e .`"
-    try:
-        symbols = {name: getattr(lib, symbol) for name, symbol in TARGETS.items()}
-    except AttributeError as e:
-        return f"the native kernel {found[-1].name} is out of date ({e}); rebuild it with `pip install -e .`"
-    for name, symbol in symbols.items():
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    return None
+def status() -> Status:
+    """What `native_library` found: the library, its variant, and why it cannot run (None: it can)."""
+    return _load()
 
 
 def available() -> bool:
-    return _load() is None
+    return _load().reason is None
 
 
 def check(kind: str, hidden_size: int, platform: str | None = None) -> None:
     """Raises NativeUnavailable, with the reason and what to use instead, unless "native" can run
     a recurrence of this kind (KINDS: a simple RNN's activation, or "lstm") and size on `platform`
-    (default: JAX's default backend)."""
-    platform = platform or jax.default_backend()
-    if platform != "cpu":
-        raise NativeUnavailable(f"recurrence 'native' runs on CPU only, not {platform}; use 'fused'")
+    (default: JAX's default backend; "any": the platform is not checked, for a check made before JAX
+    starts its backends)."""
+    if platform != "any":
+        platform = platform or jax.default_backend()
+        if platform != "cpu":
+            raise NativeUnavailable(f"recurrence 'native' runs on CPU only, not {platform}; use 'fused'")
     if kind not in KINDS:
         raise NativeUnavailable(
             f"recurrence 'native' runs relu and tanh RNNs and the LSTM only, not {kind}; use 'fused'"
         )
     if not 1 <= hidden_size <= MAX_HIDDEN:
         raise NativeUnavailable(f"recurrence 'native' takes 1 to {MAX_HIDDEN} hidden units, not {hidden_size}")
-    reason = _load()
+    reason = _load().reason
     if reason:
         raise NativeUnavailable(reason)
 

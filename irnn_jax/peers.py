@@ -23,6 +23,7 @@ IRNN_JAX_PEER_INTERVAL (seconds between heartbeats, default 2). JAX's own heartb
 to 5 x IRNN_JAX_PEER_TIMEOUT (at least 100 s), so that this watchdog acts first.
 """
 
+import ctypes
 import os
 import resource
 import signal
@@ -223,6 +224,30 @@ def is_multi_process_launch(environ=os.environ) -> bool:
     return "JAX_COORDINATOR_ADDRESS" in environ or slurm
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _child_setup(parent: int):
+    """What the supervised child runs between fork and exec: no core dump, and on Linux death with its
+    parent. A SIGKILLed supervisor (a user's `kill -9` of the launched pid, a launcher, the OOM killer)
+    cannot pass anything on; without this its child would train on as an orphan and keep its peers
+    going. With it, the kernel sends the child SIGKILL, the peers see a dead process, and they stop with
+    EXIT_PEER_LOST within their heartbeat timeout, as when a host dies."""
+
+    def setup():
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            except (OSError, AttributeError):
+                return
+            if os.getppid() != parent:  # the parent died before the request was in place
+                os._exit(128 + signal.SIGKILL)
+
+    return setup
+
+
 def supervise(argv: list[str]) -> int:
     """Runs `python argv...` as a child and returns the exit status this process should have.
 
@@ -233,8 +258,9 @@ def supervise(argv: list[str]) -> int:
     client reports the loss, and then, if the child aborted, prints one line and returns
     EXIT_PEER_LOST. Every other outcome is passed through (a signal N as 128 + N)."""
     env = dict(os.environ, **{SUPERVISED: "1"})
-    no_core = lambda: resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # noqa: E731
-    child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE, preexec_fn=no_core)
+    child = subprocess.Popen(
+        [sys.executable, *argv], env=env, stderr=subprocess.PIPE, preexec_fn=_child_setup(os.getpid())
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: child.send_signal(signum))
     lost = None

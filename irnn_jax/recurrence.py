@@ -53,19 +53,25 @@ def supports(recurrence: str, cell: str) -> bool:
 
 
 def resolve(recurrence: str, cell: str, hidden_size: int, platform: str | None = None) -> str:
-    """The recurrence that runs for config.recurrence: "auto" is "native" where the kernel is built and
-    takes the cell and size on this platform (CPU), and "fused" everywhere else; any other value is
-    itself. All give the same results to float32 rounding; a run resumed on another machine may change
-    between them (run.json records which ran in each session)."""
+    """The recurrence that runs for config.recurrence: "auto" is "native" where the kernel is built,
+    passes its checks on this CPU (`native.status`) and takes the cell and size on this platform (CPU),
+    and "fused" everywhere else; any other value is itself. All give the same results to float32
+    rounding; a run resumed on another machine may change between them (run.json records which ran in
+    each session, and why: `explain`)."""
+    return explain(recurrence, cell, hidden_size, platform)[0]
+
+
+def explain(recurrence: str, cell: str, hidden_size: int, platform: str | None = None) -> tuple[str, str]:
+    """(the recurrence that runs, why): `resolve`'s answer with the reason for it in words."""
     if recurrence != "auto":
-        return recurrence
-    if cell in NATIVE_CELLS:
-        try:
-            native.check(NATIVE_CELLS[cell], hidden_size, platform)
-            return "native"
-        except native.NativeUnavailable:
-            pass
-    return "fused"
+        return recurrence, "asked for by config.recurrence"
+    if cell not in NATIVE_CELLS:
+        return "fused", f"auto: the native kernels do not run cell {cell!r}"
+    try:
+        native.check(NATIVE_CELLS[cell], hidden_size, platform)
+    except native.NativeUnavailable as e:
+        return "fused", f"auto: {e}"
+    return "native", f"auto: the native kernel ({native.status().variant}) passed its checks on this CPU"
 
 
 def activation_fn(name: str):

@@ -186,3 +186,13 @@ def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn,
         return train_step(s, input_pipeline.gather(train_data, *idx_mask), loss_fn, mesh), None
 
     return jax.lax.scan(body, state, (idx_NxB, mask_NxB))[0]
+
+
+def divergence_advice(config) -> str:
+    """What to try after a divergence, given what the config already does."""
+    if config.clip_norm > 0:
+        return (
+            f"Lower learning_rate (clipping is already on, clip_norm={config.clip_norm:g}: a smaller value may help), "
+            "in a new workdir."
+        )
+    return "Lower learning_rate or set clip_norm (1.0, say), in a new workdir."

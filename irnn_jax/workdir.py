@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from irnn_jax import recurrence
+from irnn_jax import native, recurrence
 
 LOCK_NAME = ".lock"
 RUN_JSON = "run.json"
@@ -155,9 +155,29 @@ def experiment_of(config) -> str:
     return "row_mnist" if config.task == "row" else "pixel_mnist"
 
 
-def resolved_recurrence(config) -> str:
-    """The recurrence this session runs (config.recurrence "auto" resolves per machine)."""
-    return recurrence.resolve(config.recurrence, config.cell, config.hidden_size)
+def resolved_recurrence(config) -> dict:
+    """The recurrence this session runs (config.recurrence "auto" resolves per machine), why, and for
+    "native" the variant of the kernel library that runs it ("avx512", "avx2", ...)."""
+    name, why = recurrence.explain(config.recurrence, config.cell, config.hidden_size)
+    out = {"recurrence": name, "recurrence_why": why}
+    if name == "native":
+        out["native_variant"] = native.status().variant
+    return out
+
+
+def cpu_affinity() -> str:
+    """The CPUs this process may run on (what taskset or a cluster's cgroup left it), e.g. "1" or "0-1"."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return "not recorded"
+    ranges, start = [], None
+    for k, c in enumerate(cpus):
+        start = c if start is None else start
+        if k + 1 == len(cpus) or cpus[k + 1] != c + 1:
+            ranges.append(str(start) if start == c else f"{start}-{c}")
+            start = None
+    return ",".join(ranges)
 
 
 def record_session(
@@ -179,14 +199,21 @@ def record_session(
             "machine": machine_id(),
             "jax": jax.__version__,
             "devices": f"{jax.device_count()} x {jax.devices()[0].platform}",
-            **({"recurrence": resolved_recurrence(config)} if "recurrence" in config else {}),
+            "cpu_affinity": cpu_affinity(),
+            **(resolved_recurrence(config) if "recurrence" in config else {}),
             "started": _now(),
             **code_version(),
             "start_step": start_step,
             **({"data": data} if data is not None else {}),
+            "outcome": UNRECORDED_OUTCOME,  # until end_session replaces it
         }
     )
     write_json_atomically(Path(workdir) / RUN_JSON, info)
+
+
+# A session's outcome while it runs, and what stays when the process could not record its end (SIGKILL,
+# a power cut, a disk too full to take the record).
+UNRECORDED_OUTCOME = "unrecorded: running, or ended without writing its outcome (killed, or its disk full)"
 
 
 def end_session(workdir: Path, saved_step: int | None, outcome: str) -> None:

@@ -136,3 +136,23 @@ def test_a_resume_on_other_data_is_refused_unless_asked(tmp_path, idx_dir):
     assert (workdir / "run.json").read_text() == before  # refused before anything was written
     result = loop.train_and_evaluate(tiny_config(other, num_train_steps=8), workdir, allow_data_change=True)
     assert result.step == 8
+    # Allowed once is not allowed for good: the changed data still is not the first session's.
+    with pytest.raises(data.DataMismatchError, match=r"first session trained on other data"):
+        loop.train_and_evaluate(tiny_config(other, num_train_steps=12), workdir)
+    assert loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=12), workdir).step == 12
+
+
+def test_a_plain_file_beside_the_shipped_gz_is_never_read(shipped):
+    """An all-zero t10k-labels-idx1-ubyte put beside the shipped .gz was once read first, unchecked
+    (test accuracy 0 under source "embedded"): the shipped copy is read only as its sums vouch for it."""
+    want = data.load_embedded("mnist").test.targets
+    assert want.any()
+    data.write_idx(shipped / "t10k-labels-idx1-ubyte", np.zeros(len(want), np.uint8))
+    ds = input_pipeline.load_dataset(tiny_config(""))
+    assert ds.source.startswith("embedded:") and np.array_equal(ds.test.targets, want)
+
+
+def test_a_shipped_copy_without_its_sums_is_named_as_such(shipped):
+    (shipped / data.SUMS_FILE).unlink()
+    with pytest.raises(data.DataError, match=r"lost its checksum file SHA256SUMS.*were not used"):
+        input_pipeline.load_dataset(tiny_config(""))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irnn_jax import config_check, loop, native, recurrence, sweep
+from irnn_jax import config_check, loop, native, native_library, recurrence, sweep
 from tests import test_lstm
 from tests.conftest import ROOT, read_rows, tiny_config
 from tests.test_recurrence import check_against_scan, make_params
@@ -147,7 +147,7 @@ def loaded_afresh(monkeypatch):
 
 
 def test_a_missing_kernel_is_refused_with_how_to_build_it(monkeypatch, tmp_path):
-    monkeypatch.setattr(native, "__file__", str(tmp_path / "native.py"))  # a package folder with no .so
+    monkeypatch.setattr(native_library, "__file__", str(tmp_path / "native_library.py"))  # a folder with no .so
     with loaded_afresh(monkeypatch), pytest.raises(native.NativeUnavailable, match="pip install -e"):
         native.check("relu", 8)
 
@@ -161,7 +161,7 @@ def test_a_library_named_by_the_environment_is_loaded_or_refused(monkeypatch, tm
         (tmp_path / "empty.so").write_bytes(b"")
         monkeypatch.setenv(native.LIBRARY_ENV, str(tmp_path / "empty.so"))
         native._load.cache_clear()
-        with pytest.raises(native.NativeUnavailable, match="empty.so does not load"):
+        with pytest.raises(native.NativeUnavailable, match="empty.so is damaged or out of date"):
             native.check("relu", 8)
 
 

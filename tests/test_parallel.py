@@ -193,15 +193,21 @@ def uninterrupted_two_process_rows(idx_dir, tmp_path_factory):
     return rows
 
 
-@pytest.mark.parametrize("victim", [1, 0], ids=["worker_dies", "coordinator_dies"])
+@pytest.mark.parametrize(
+    "victim,launched_pid_only",
+    [(1, False), (0, False), (1, True)],
+    ids=["worker_dies", "coordinator_dies", "worker_launched_pid_killed"],
+)
 def test_a_dead_process_stops_the_other_with_exit_75_and_the_restart_resumes_bit_for_bit(
-    idx_dir, tmp_path, victim, uninterrupted_two_process_rows
+    idx_dir, tmp_path, victim, launched_pid_only, uninterrupted_two_process_rows
 ):
-    """One of two processes is SIGKILLed (with everything it started, as when its host dies) once a
-    checkpoint is complete. The survivor stops within 30 s (default timeouts), with exit status 75
-    (what the sbatch script requeues), one line that names the lost process, and no stack trace. The
-    same command then resumes from the last complete checkpoint and ends with the uninterrupted
-    run's metric rows, bit for bit."""
+    """One of two processes is SIGKILLed once a checkpoint is complete: with everything it started, as
+    when its host dies, or only the pid the command launched (the supervisor; a user's kill -9, a
+    launcher, the OOM killer), whose training child must then die with it rather than train on as an
+    orphan that keeps its peer alive. The survivor stops within 30 s (default timeouts), with exit
+    status 75 (what the sbatch script requeues), one line that names the lost process, and no stack
+    trace. The same command then resumes from the last complete checkpoint and ends with the
+    uninterrupted run's metric rows, bit for bit."""
     import signal
     import time
 
@@ -213,12 +219,19 @@ def test_a_dead_process_stops_the_other_with_exit_75_and_the_restart_resumes_bit
         assert time.monotonic() < deadline, "no complete checkpoint after 240 s"
         time.sleep(0.02)
     assert all(p.poll() is None for p in procs), "the run ended before the kill: lengthen it"
-    os.killpg(procs[victim].pid, signal.SIGKILL)
+    if launched_pid_only:
+        os.kill(procs[victim].pid, signal.SIGKILL)
+    else:
+        os.killpg(procs[victim].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     survivor = procs[1 - victim]
     _, err = survivor.communicate(timeout=120)
     took = time.monotonic() - killed_at
     procs[victim].communicate()
+    if launched_pid_only:  # nothing of the victim's process group is left running
+        time.sleep(1)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(procs[victim].pid, 0)
 
     assert survivor.returncode == 75, err[-3000:]
     assert took < 30, f"the survivor took {took:.0f} s to stop"

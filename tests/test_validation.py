@@ -48,6 +48,13 @@ def test_out_of_range_values_are_refused_before_anything_runs(idx_dir):
         loop.setup(tiny_config(idx_dir, validation_size=96))
 
 
+def test_an_impossible_validation_size_is_refused_before_the_workdir_exists(idx_dir, tmp_path):
+    """It used to be refused only after the workdir and its lock had been made."""
+    with pytest.raises(config_check.ConfigError, match="validation_size must be below the 96 training examples"):
+        loop.train_and_evaluate(tiny_config(idx_dir, validation_size=96), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_run_reports_validation_beside_test_and_never_trains_on_it(idx_dir, tmp_path):
     c = tiny_config(idx_dir, validation_size=30, validation_seed=1, num_train_steps=8, eval_every_steps=4)
     s = loop.setup(c)

@@ -1,0 +1,291 @@
+"""Nothing a bad native library, a non-finite value or a bad sweep value does is silent or kills the
+process: a library that cannot run here (built for another CPU, truncated, trapping) is refused with
+one line before it is loaded, and "auto" takes the XLA path; every recurrence carries a non-finite
+value to the loss, so the divergence stop fires on each; non-finite config values are refused."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irnn_jax import checkpoint as checkpoint_lib
+from irnn_jax import config_check, loop, native, native_library, recurrence, train
+from irnn_jax import workdir as workdir_lib
+from tests.conftest import ROOT, tiny_config
+from tests.test_native import loaded_afresh
+
+HAS_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
+INSTALLED = sorted((ROOT / "irnn_jax").glob("_rnn_kernel*.so"))
+
+
+def _fake_library(tmp_path: Path, body: str, isa: str = "sse4_2,") -> Path:
+    """A shared library with the kernel's marker and entry points, whose self-test runs `body` (C)."""
+    source = tmp_path / "fake.c"
+    source.write_text(
+        f'const char IrnnBuildIsa[] __attribute__((used)) = "irnn-jax-native-isa:{isa};";\n'
+        f"int IrnnSelfTest(void) {{ {body} }}\n"
+        + "".join(f"void {s}(void) {{ __builtin_trap(); }}\n" for s in native.TARGETS.values())
+    )
+    out = tmp_path / "fake.so"
+    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", "-O1", str(source), "-o", str(out)], check=True)
+    return out
+
+
+def _cli(tmp_path: Path, *flags: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The pixel_mnist command on a tiny generated data set, 3 steps of a 4-unit IRNN on one device."""
+    from tests.conftest import write_idx_dir
+
+    data = write_idx_dir(tmp_path / "idx", n_train=16, n_test=8)
+    command = [
+        sys.executable, "-m", "experiments.pixel_mnist", f"--workdir={tmp_path / 'run'}", "--cpu_devices=1",
+        f"--config.data_dir={data}", "--config.hidden_size=4", "--config.batch_size=4", "--config.num_train_steps=3",
+        "--config.eval_every_steps=3", "--config.eval_batch_size=8", "--config.progress_bar=False", *flags,
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env={**os.environ, **(env or {})})
+
+
+def _last_session(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "run" / "run.json").read_text())["sessions"][-1]
+
+
+# ---------------------------------------------------------------------------------- the native library
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not INSTALLED, reason="no native kernel built here (no C++ compiler at install)")
+def test_a_truncated_library_is_refused_and_auto_trains_on_the_xla_path(tmp_path):
+    """A partial copy of the library: on main before the checks, dlopen died of a bus error (exit 135)."""
+    cut = tmp_path / "cut.so"
+    cut.write_bytes(INSTALLED[-1].read_bytes()[:20_000])
+    done = _cli(tmp_path, "--config.recurrence=auto", env={native.LIBRARY_ENV: str(cut)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    warnings = [line for line in done.stderr.splitlines() if "native kernel unavailable" in line]
+    assert len(warnings) == 1 and "truncated" in warnings[0], done.stderr[-3000:]
+    session = _last_session(tmp_path)
+    assert session["recurrence"] == "fused" and "truncated" in session["recurrence_why"]
+    assert "native_variant" not in session
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_COMPILER, reason="needs a C compiler to make the trapping library")
+def test_a_library_that_traps_is_refused_with_native_and_stepped_around_with_auto(tmp_path):
+    """Its entry points execute an illegal instruction, as a build for another CPU does: the self-test
+    in a child process dies of it, not the run."""
+    trap = _fake_library(tmp_path, "__builtin_trap(); return 0;")
+    done = _cli(tmp_path, "--config.recurrence=native", env={native.LIBRARY_ENV: str(trap)})
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "SIGILL" in done.stderr and "Traceback" not in done.stderr
+    done = _cli(tmp_path, "--config.recurrence=auto", env={native.LIBRARY_ENV: str(trap)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _last_session(tmp_path)["recurrence"] == "fused"
+
+
+def test_a_library_for_a_cpu_with_more_features_is_refused_before_it_loads(monkeypatch, tmp_path):
+    """The feature check, simulated: IRNN_JAX_CPU_FLAGS names a CPU with no AVX2, below what any
+    x86 build of the package's kernel (-march=native on an AVX2 or AVX-512 machine) needs."""
+    if not INSTALLED:
+        pytest.skip("no native kernel built here")
+    monkeypatch.setenv(native.CPU_FLAGS_ENV, "fpu sse sse2")
+    with loaded_afresh(monkeypatch):
+        with pytest.raises(native.NativeUnavailable, match="which this CPU lacks"):
+            native.check("relu", 8)
+        name, why = recurrence.explain("auto", "irnn", 8, "cpu")
+        assert name == "fused" and "lacks" in why
+
+
+def test_a_library_whose_self_test_fails_or_is_missing_is_refused(monkeypatch, tmp_path):
+    if not HAS_COMPILER:
+        pytest.skip("needs a C compiler to make the library")
+    wrong = _fake_library(tmp_path, "return 7;")
+    monkeypatch.setenv(native.LIBRARY_ENV, str(wrong))
+    with loaded_afresh(monkeypatch):
+        with pytest.raises(native.NativeUnavailable, match="self-test failed"):
+            native.check("relu", 8)
+        unmarked = tmp_path / "unmarked.so"
+        unmarked.write_bytes(wrong.read_bytes().replace(b"irnn-jax-native-isa:", b"xxxx-xxx-xxxxxx-isa:"))
+        monkeypatch.setenv(native.LIBRARY_ENV, str(unmarked))
+        native._load.cache_clear()
+        with pytest.raises(native.NativeUnavailable, match="damaged or out of date"):
+            native.check("relu", 8)
+
+
+def test_the_package_library_passes_its_own_checks_and_says_what_it_was_built_for():
+    if not INSTALLED:
+        pytest.skip("no native kernel built here")
+    features = native_library.build_features(INSTALLED[-1])
+    assert features and native_library.variant_name(features) in ("avx512", "avx2", "x86-64", "aarch64")
+    assert native_library.truncated(INSTALLED[-1]) is None
+    assert native_library._probe(INSTALLED[-1]) is None
+    assert native.status().variant == native_library.variant_name(features)
+
+
+def test_the_command_line_takes_every_recurrence_value(tmp_path):
+    """recurrence=native used to die at the config check with 'jax_num_cpu_devices config should be
+    updated before backends are initialized' (the check asked JAX for its backend first)."""
+    for value in recurrence.CONFIG_VALUES:
+        if value == "native" and not native.available():
+            continue  # refused with its reason instead; tested above
+        done = _cli(tmp_path / value, f"--config.recurrence={value}")
+        assert done.returncode == 0, (value, done.stderr[-3000:])
+        session = _last_session(tmp_path / value)
+        want = recurrence.resolve(value, "irnn", 4, "cpu")
+        assert session["recurrence"] == want and session["recurrence_why"], session
+        assert session["cpu_affinity"]
+        if want == "native":
+            assert session["native_variant"] == native.status().variant
+
+
+# ------------------------------------------------------------------------------- non-finite values
+
+
+def _poisoned_create_state(create_state):
+    """train.create_state with the recurrent cell's input kernel set to inf: every pre-activation is
+    +-inf or NaN from the first step (what --config.input_init_std=inf did before it was refused)."""
+
+    def make(config, num_steps):
+        state = create_state(config, num_steps)
+
+        def poison(path, x):
+            return jnp.full_like(x, jnp.inf) if [getattr(k, "key", "") for k in path] == ["rnn", "kernel"] else x
+
+        params = jax.tree_util.tree_map_with_path(poison, state.params)
+        return state.replace(params=params)
+
+    return make
+
+
+@pytest.mark.parametrize("rec", ["scan", "fused", "native", pytest.param("pallas", marks=pytest.mark.slow)])
+def test_every_recurrence_carries_a_non_finite_input_to_the_divergence_stop(idx_dir, tmp_path, monkeypatch, rec):
+    """The native ReLU once mapped NaN to 0 (z > 0 ? z : 0): the same poisoned weights trained on
+    silently there while "fused" stopped at step 1."""
+    if rec == "native" and not native.available():
+        pytest.skip(f"no native kernel here: {native.status().reason}")
+    monkeypatch.setattr(train, "create_state", _poisoned_create_state(train.create_state))
+    config = tiny_config(idx_dir, recurrence=rec, hidden_size=20, num_train_steps=6)
+    with pytest.raises(train.DivergenceError, match="non-finite at step 1 "):
+        loop.train_and_evaluate(config, tmp_path / rec)
+
+
+def test_the_native_relu_keeps_nan_and_inf():
+    if not native.available():
+        pytest.skip(f"no native kernel here: {native.status().reason}")
+    params = {
+        "kernel": np.asarray([[np.nan, np.inf, -np.inf, 1.0] + [0.5] * 16], np.float32),
+        "recurrent_kernel": np.eye(20, dtype=np.float32),
+        "bias": np.zeros(20, np.float32),
+    }
+    h = np.asarray(native.final_state(params, jnp.ones((2, 1, 1)), "relu"))  # one step: relu(x W_in)
+    assert np.isnan(h[:, 0]).all() and np.isposinf(h[:, 1]).all() and (h[:, 2] == 0).all()
+    assert np.allclose(h[:, 3], 1.0) and np.allclose(h[:, 4:], 0.5)
+    h = np.asarray(native.final_state(params, jnp.ones((2, 3, 1)), "relu"))  # the NaN reaches every unit
+    assert np.isnan(h).all()
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("input_init_std", math.inf), ("input_init_std", math.nan), ("learning_rate", math.inf),
+     ("clip_norm", math.nan), ("recurrent_gain", -math.inf), ("input_std", math.inf)],
+)  # fmt: skip
+def test_non_finite_config_values_are_refused(idx_dir, field, value):
+    with pytest.raises(config_check.ConfigError, match=field):
+        config_check.validate_config(tiny_config(idx_dir, **{field: value}))
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+@pytest.mark.parametrize(
+    "spec,bad",
+    [("learning_rate=-1e-3,1e-3", "learning_rate"), ("clip_norm=-1", "clip_norm"),
+     ("input_init_std=0", "input_init_std"), ("seed=-1,0", "seed"), ("learning_rate=nan", "learning_rate")],
+)  # fmt: skip
+def test_each_run_of_a_sweep_passes_the_single_run_checks(idx_dir, spec, bad):
+    with pytest.raises(config_check.ConfigError, match=rf"sweep run 000_.*{bad}"):
+        config_check.validate_config(tiny_config(idx_dir, sweep=spec))
+    config_check.validate_config(tiny_config(idx_dir, sweep="seed=0,1 learning_rate=1e-3,2e-3"))
+
+
+@pytest.mark.slow
+def test_a_bad_sweep_value_is_refused_before_the_workdir_exists(tmp_path):
+    done = _cli(tmp_path, "--config.sweep=learning_rate=-1e-3,1e-3")
+    assert done.returncode == 1 and "learning_rate must be > 0" in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------------- the filesystem
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["a_file", "under_proc"])
+def test_a_workdir_that_cannot_be_written_is_one_line_and_exit_1(tmp_path, where):
+    """A workdir that is a file, or a path under /proc, was a raw traceback."""
+    target = tmp_path / "run"
+    if where == "a_file":
+        target.write_text("not a folder")
+        flag = f"--workdir={target}"
+    else:
+        flag = "--workdir=/proc/irnn_jax_run"
+    done = _cli(tmp_path, flag)
+    assert done.returncode == 1, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0], done.stderr[-3000:]
+    assert ("run" if where == "a_file" else "/proc/irnn_jax_run") in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_a_full_disk_stops_the_run_with_its_cause_and_the_resume_is_exact(idx_dir, tmp_path, monkeypatch):
+    """Orbax's writers fail as they do when the disk is full (ValueError: RESOURCE_EXHAUSTED ...
+    [os_error_code='28']) from the save of step 8 on: one StorageError naming the folder and the
+    cause; the session's outcome says so; the checkpoints before are kept, the unfinished one is
+    removed; after the space is back, the same call resumes and ends with the uninterrupted rows."""
+    import orbax.checkpoint as ocp
+
+    from tests.conftest import read_rows
+
+    config = tiny_config(idx_dir, num_train_steps=12)
+    loop.train_and_evaluate(config, tmp_path / "straight")
+    real_save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step >= 8:
+            raise ValueError(
+                f'RESOURCE_EXHAUSTED: Error writing local file "{self.directory}/{step}.orbax-checkpoint-tmp/x": '
+                "Failed to write 408 bytes to file 8: No space left on device [os_error_code='28']"
+            )
+        return real_save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    work = tmp_path / "full"
+    with pytest.raises(checkpoint_lib.StorageError, match=r"checkpoints: No space left on device.*newest: step 4"):
+        loop.train_and_evaluate(config, work)
+    session = json.loads((work / "run.json").read_text())["sessions"][-1]
+    assert session["outcome"].startswith("error: StorageError") and "No space left" in session["outcome"]
+    assert not list((work / "checkpoints").glob("*tmp*"))
+    monkeypatch.setattr(ocp.CheckpointManager, "save", real_save)
+    loop.train_and_evaluate(config, work)
+    assert read_rows(work) == read_rows(tmp_path / "straight")
+
+
+def test_a_session_reads_unrecorded_until_it_records_its_end(idx_dir, tmp_path):
+    """A process killed (or out of disk) before end_session leaves a session that says so, not one
+    with no outcome at all."""
+    workdir_lib.record_session(tmp_path, tiny_config(idx_dir), experiment="pixel_mnist", command="x")
+    session = json.loads((tmp_path / "run.json").read_text())["sessions"][-1]
+    assert session["outcome"] == workdir_lib.UNRECORDED_OUTCOME and "killed" in session["outcome"]
+    workdir_lib.end_session(tmp_path, 4, "finished")
+    assert json.loads((tmp_path / "run.json").read_text())["sessions"][-1]["outcome"] == "finished"
+
+
+def test_the_divergence_advice_knows_whether_clipping_is_on(idx_dir):
+    clipped = train.divergence_advice(tiny_config(idx_dir, clip_norm=1.0))
+    assert "clipping is already on, clip_norm=1" in clipped and "set clip_norm" not in clipped
+    assert "set clip_norm" in train.divergence_advice(tiny_config(idx_dir, clip_norm=0.0))
