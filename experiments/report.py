@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from absl import app, flags
 
-from experiments import ink, report_plots
+from experiments import ink, report_headline, report_plots
 from experiments.configs import base, pixel_mnist, row_mnist
 from experiments.report_runs import (
     EXPERIMENTS,
@@ -29,6 +29,7 @@ from experiments.report_runs import (
     group_runs,
     load_runs,
     overrides,
+    planned_steps,
     reported,
     section_of,
     short,
@@ -43,17 +44,20 @@ RUNS_DIR = ROOT / "docs" / "results" / "runs"
 _OUT = flags.DEFINE_string("out", "docs/results", "folder for results.md, summary.md and the plots")
 _README = flags.DEFINE_string("readme", "README.md", "README whose generated blocks to rewrite; empty: none")
 
+# The page's sections, by the question their runs answer, in the page's order (report_runs.section_of).
 SECTION_TITLES = {
-    "pixel_mnist_mnist": "Pixel-by-pixel MNIST (real digits)",
-    "irnn_fast": "irnn_fast: the paper's IRNN with a faster training recipe, at full length (real pixel MNIST)",
-    "cells20": "The paper's comparison of cells at 20 epochs, a learning rate for each (cells20_* presets)",
-    "lrsweep": "A learning rate for each cell, chosen on a validation split (lrsweep_* sweeps)",
-    "budget": "The paper's comparison of cells: early learning speed at one budget (budget_* presets)",
-    "search": "irnn_fast search: short runs of the paper's IRNN with other training recipes (real pixel MNIST)",
-    "row_mnist_mnist": "Row-by-row MNIST (real digits)",
+    "pixel_mnist_mnist": "S0 and S1: the Keras IRNN and its control (pixel MNIST)",
+    "row_mnist_mnist": "S2, S3 and S4: row-by-row MNIST",
+    "s3replay": "S3 as its notebook logged it: which replay fits the log",
+    "irnn_fast": "irnn_fast: the paper's IRNN with a faster recipe, the presets over their seeds",
+    "search": "The irnn_fast search: every candidate recipe, with validation and test",
+    "budget": "The cell comparison, 1 of 3: early learning speed at one budget (budget_* presets)",
+    "lrsweep": "The cell comparison, 2 of 3: a learning rate for each cell, chosen on validation (lrsweep_* sweeps)",
+    "cells20": "The cell comparison, 3 of 3: 20 epochs, each cell at its rate (cells20_* presets)",
+    "adding": "The adding problem",
     "pixel_mnist_fashion_mnist": "Pixel-by-pixel Fashion-MNIST (a harder stand-in, kept for comparison)",
     "row_mnist_fashion_mnist": "Row-by-row Fashion-MNIST (a harder stand-in, kept for comparison)",
-    "adding": "The adding problem",
+    "record": "Kept for the record: superseded code and runs of older presets",
 }
 
 
@@ -121,14 +125,35 @@ def logged_curve_table(groups: list[Group]) -> str:
     md += "| mean absolute difference from the log | | " + " | ".join(f"{m:.4f}" for _, _, m in columns) + " |\n"
     md += "| mean of the nine | " + f"{logged.mean():.4f} | " + " | ".join(f"{v.mean():.4f}" for _, v, _ in columns)
     md += " |\n"
-    (best_header, _, best), *rest = sorted(columns, key=lambda c: c[2])
-    if rest:
+    return md + _replay_fit(columns, logged)
+
+
+def _replay_fit(columns: list, logged: np.ndarray) -> str:
+    """Which replay the log fits, seed by seed: each seed's mean absolute difference from the log for
+    each number of earlier passes, their mean ± std over seeds, and how many seeds each fits best."""
+    if len(columns) < 2:
+        return ""
+    seeds = min(len(v) for _, v, _ in columns)
+    per_seed = np.asarray([np.abs(v[:seeds] - logged).mean(axis=1) for _, v, _ in columns])  # (replays, seeds)
+    names = [h.rsplit(" (", 1)[0] for h, _, _ in columns]
+    wins = np.bincount(per_seed.argmin(axis=0), minlength=len(columns))
+    md = (
+        f"\nThe fit seed by seed ({seeds} seeds of each replay, seed k of one against seed k of the others): the "
+        "mean absolute difference of a seed's nine evaluations from the logged nine, mean ± std over seeds, and "
+        "the number of seeds for which each replay fits the log best.\n\n"
+        "| replay | difference from the log, mean ± std over seeds (min to max) | seeds it fits best |\n|---|---|---|\n"
+    )
+    for name, diffs, won in zip(names, per_seed, wins, strict=True):
         md += (
-            f"\nThe log fits best the replay with {best_header.rsplit(' (', 1)[0]}: its nine evaluations differ "
-            f"from the logged ones by {best:.4f} on average (over seeds), against "
-            + ", ".join(f"{m:.4f} with {h.rsplit(' (', 1)[0]}" for h, _, m in rest)
-            + ".\n"
+            f"| {name} | {diffs.mean():.4f} ± {diffs.std(ddof=1):.4f} ({diffs.min():.4f} to {diffs.max():.4f}) "
+            f"| {won} of {seeds} |\n"
         )
+    best = int(np.argmin(per_seed.mean(axis=1)))
+    others = ", ".join(f"{per_seed[k].mean():.4f} with {names[k]}" for k in range(len(names)) if k != best)
+    md += (
+        f"\nOn average over seeds the log is closest to the replay with {names[best]} "
+        f"({per_seed[best].mean():.4f}, against {others}); it fits best for {wins[best]} of {seeds} seeds.\n"
+    )
     return md
 
 
@@ -146,9 +171,10 @@ def budget_table(groups: list[Group], family: str = "budget") -> str:
             "steps with one recipe, final test accuracy over seeds, beside the paper's figure at its own full length:"
         )
     else:
-        head = f"Each cell trained for {any_group.steps()} steps with the budget recipe at its own learning rate "
-        head += "(in brackets, chosen on validation), final test accuracy over seeds, beside the paper's figure at its "
-        head += "own full length:"
+        head = f"Each cell trained for {planned_steps(any_group.first):,} steps with the budget recipe at its own "
+        head += "learning rate (in brackets, chosen on validation), or until every run of it diverged (then the "
+        head += "step it stopped at is given); final test accuracy over seeds, beside the paper's figure at its own "
+        head += "full length:"
     lines = [
         head + "\n",
         "| cell | pixel: ours | pixel: paper | permuted: ours | permuted: paper |",
@@ -160,6 +186,8 @@ def budget_table(groups: list[Group], family: str = "budget") -> str:
             g = cells.get((cell, order))
             preset = f"{family}_{cell}{'_permuted' if order == 'permuted' else ''}"
             ours = g.ours() if g else "not yet run"
+            if g and g.diverged() and " of " in g.steps():
+                ours += f", stopped at step {g.steps().split(' of ')[0]}"
             if g and family != "budget":
                 ours += f" [lr {g.first.config['learning_rate']:g}]"
             row += [ours, pixel_mnist.REPORTED[preset]["text"]]
@@ -273,17 +301,22 @@ amplify over many steps; another device count (`--cpu_devices`) sums the batch i
 
 
 def write_report(runs: list[Run], out: Path) -> str:
-    """Writes results.md, summary.md and one PNG per section of `runs` (`load_all`); returns the
-    page's Markdown."""
+    """Writes results.md (the headline, then a section per question) and its figures (headline.png, one
+    PNG per section) of `runs` (`load_all`); returns the page's Markdown."""
     groups = group_runs(runs)
     out.mkdir(parents=True, exist_ok=True)
     sections: dict[str, list[Group]] = {}
     for g in groups:
         sections.setdefault(section_of(g), []).append(g)
-    md = PAGE_HEAD
-    for key in sorted(sections, key=lambda k: list(SECTION_TITLES).index(k) if k in SECTION_TITLES else 99):
+    order = sorted(sections, key=lambda k: list(SECTION_TITLES).index(k) if k in SECTION_TITLES else 99)
+    md = PAGE_HEAD + "\n## Headline\n\n" + headline(groups, out, image_dir="") + "\n## Contents\n\n"
+    md += "".join(f"- [{SECTION_TITLES.get(k, k)}](#{_anchor(SECTION_TITLES.get(k, k))})\n" for k in order)
+    md += "- [Presets not yet run](#presets-not-yet-run)\n"
+    for key in order:
         title = SECTION_TITLES.get(key, key)
         md += f"\n## {title}\n\n"
+        if key == "record":
+            md += RECORD_NOTE
         if key == "budget":
             md += budget_table(sections[key]) + ink_note() + "\n"
         if key == "cells20":
@@ -304,32 +337,38 @@ def write_report(runs: list[Run], out: Path) -> str:
             md += "\n![irnn_fast's presets over their seeds](irnn_fast_seeds.png)\n"
     md += "\n## Presets not yet run\n\n" + not_yet_run(groups)
     (out / "results.md").write_text(md)
-    (out / "summary.md").write_text(summary(groups))
     return md
 
 
-def summary(groups: list[Group]) -> str:
-    """The README's short table: one row per configuration (the search aside; the budget comparison as a
-    table of its own), commands in a list below."""
-    budget = [g for g in groups if section_of(g) == "budget"]
-    cells20 = [g for g in groups if section_of(g) == "cells20"]
-    groups = [g for g in groups if section_of(g) not in ("search", "budget", "lrsweep", "cells20")]
-    lines = [
-        "| experiment | reported | ours (mean ± std over seeds) | seeds | steps | wall time |",
-        "|---|---|---|---|---|---|",
-    ]
-    for g in groups:
-        name = f"{g.first.experiment}: {g.label}" + ("" if g.first.config["dataset"] in ("mnist", "adding") else
-                                                      f" [{g.first.config['dataset']}]")  # fmt: skip
-        lines.append(f"| {name} | {reported(g)} | {g.ours()} | {len(g.runs)} | {g.steps()} | {g.wall()} |")
-    md = "\n".join(lines) + "\n"
-    if budget:
-        md += "\nThe paper's comparison of cells at one budget (`budget_*` presets). " + budget_table(budget)
-    if cells20:
-        md += "\nThe paper's comparison of cells at 20 epochs (`cells20_*` presets). " + budget_table(
-            cells20, "cells20"
+RECORD_NOTE = (
+    "Runs kept only for the record: their code or their preset has changed since (the label says how), so "
+    "they do not stand for any preset today. Each stays on the page with its log, as it ran.\n\n"
+)
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
+
+
+def headline(groups: list[Group], out: Path, image_dir: str) -> str:
+    """The headline: the table of claims (`report_headline`) and its plot, written to OUT/headline.png and
+    linked as IMAGE_DIR/headline.png."""
+    md = (
+        "Each claim of the sources beside this project's figure: the final test accuracy (the adding problem: "
+        "test MSE) of the preset named, mean ± std over seeds (min to max); a figure from fewer than 3 seeds "
+        f"says so. The verdict follows one rule: within {100 * report_headline.TOLERANCE:.1f} points of the "
+        "source's figure is reproduced, beyond it beaten or short by the difference. Generated by "
+        "`python -m experiments.report` from the run logs under `docs/results/runs/`.\n\n"
+    )
+    md += report_headline.headline_table(groups)
+    if report_headline.plot_headline(groups, out / "headline.png"):
+        md += (
+            "\nTest accuracy over training: S0's 900 epochs (one seed) and irnn_fast's three seeds in each pixel "
+            "order (mean, band from min to max), with the sources' figures.\n\n"
+            f"![Test accuracy over training against the sources' figures]({image_dir}headline.png)\n"
         )
-    return md + "\nCommands:\n\n" + command_list(groups + budget + cells20)
+    return md
 
 
 # ------------------------------------------------------------------------ the README's blocks
@@ -402,10 +441,24 @@ def fields_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_blocks(runs: list[Run] | None = None) -> dict[str, str]:
-    """The README's generated blocks; the results block of `runs` (default: every committed run)."""
+def readme_blocks(runs: list[Run] | None = None, out: Path | None = None) -> dict[str, str]:
+    """The README's generated blocks: the preset table and the headline of `runs` (default: every
+    committed run), whose plot goes to OUT/headline.png (default: a scratch folder)."""
     runs = load_all() if runs is None else runs
-    return {"presets": preset_table(), "fields": fields_table(), "results": summary(group_runs(runs))}
+    if out is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as scratch:
+            return readme_blocks(runs, Path(scratch))
+    return {"presets": preset_table(), "headline": headline(group_runs(runs), out, image_dir="docs/results/")}
+
+
+def docs_blocks() -> dict[str, str]:
+    """docs/running.md's generated block: every config field."""
+    return {"fields": fields_table()}
+
+
+RUNNING_MD = ROOT / "docs" / "running.md"
 
 
 def rewrite_blocks(text: str, blocks: dict[str, str]) -> str:
@@ -439,7 +492,8 @@ def main(argv):
         md = write_report(runs, Path(_OUT.value))
         if _README.value:
             readme = Path(_README.value)
-            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(runs)))
+            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(runs, Path(_OUT.value))))
+            RUNNING_MD.write_text(rewrite_blocks(RUNNING_MD.read_text(), docs_blocks()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -40,13 +40,22 @@ class Run:
     sessions: list[dict]
     superseded: str = ""  # the workdir's SUPERSEDED file: why its code's results no longer stand for the preset
     sweep_size: int = 1  # the runs trained together in its workdir's sweep, on one clock (1: not a sweep)
+    diverged_note: str = ""  # the workdir's DIVERGED file: a divergence its log could not record
 
     @property
     def diverged(self) -> bool:
-        """Its loss became non-finite: a frozen sweep member, or a session that ended so."""
-        return any(r.get("diverged") for r in self.rows) or any(
-            str(s.get("outcome", "")).startswith("diverged") for s in self.sessions
+        """Its loss became non-finite: a frozen sweep member, a session that ended so, or a DIVERGED file."""
+        return (
+            bool(self.diverged_note)
+            or any(r.get("diverged") for r in self.rows)
+            or any(str(s.get("outcome", "")).startswith("diverged") for s in self.sessions)
         )
+
+    @property
+    def unfinished(self) -> bool:
+        """It stopped short of the length it asked for (its own num_epochs or num_train_steps) without
+        diverging: under way, or left off."""
+        return not self.diverged and self.rows[-1]["step"] < asked_steps(self)
 
     @property
     def epochs(self) -> np.ndarray:
@@ -54,6 +63,9 @@ class Run:
 
 
 SUPERSEDED = "SUPERSEDED"  # a file in a committed run's folder: one line on why its code no longer stands
+# A file in a committed run's folder: one line on a divergence that its log does not record (the code of
+# the time stopped without writing an outcome or a diverged row).
+DIVERGED = "DIVERGED"
 
 
 def load_runs(workdir: Path) -> list[Run]:
@@ -66,6 +78,8 @@ def load_runs(workdir: Path) -> list[Run]:
     members = sweep.expand(config) if config.sweep else [("", config)]
     marker = workdir / SUPERSEDED
     superseded = marker.read_text().strip() if marker.exists() else ""
+    diverged_file = workdir / DIVERGED
+    diverged_note = diverged_file.read_text().strip() if diverged_file.exists() else ""
     runs = []
     for member, member_config in members:
         rows = metrics.read_rows((workdir / "runs" / member if member else workdir) / "metrics.jsonl")
@@ -81,6 +95,7 @@ def load_runs(workdir: Path) -> list[Run]:
                     info["sessions"],
                     superseded,
                     len(members),
+                    diverged_note,
                 )
             )
     if not runs:
@@ -106,6 +121,13 @@ def config_as_now(run: Run) -> dict:
     preset = EXPERIMENTS[run.experiment].get_config(run.preset).to_dict()
     older = {k: checkpoint.as_json(v) for k, v in base.base_config().to_dict().items() if k in preset}
     return older | run.config
+
+
+def asked_steps(run: Run) -> int:
+    """The length the run's own config asks for (num_train_steps when set, else num_epochs)."""
+    preset = EXPERIMENTS[run.experiment].get_config(run.preset)
+    n = preset.get("num_train_examples", 60_000) - run.config.get("validation_size", 0)
+    return train.total_steps(ml_collections.ConfigDict(config_as_now(run)), n)
 
 
 def planned_steps(run: Run) -> int:
@@ -149,6 +171,8 @@ class Group:
             name += f" [run before {', '.join(predates)} existed]"
         if self.first.superseded:  # kept on the page, set apart from the current code's runs
             name += f" [superseded: {self.first.superseded}]"
+        if self.first.unfinished:  # under way, or left off: set apart from finished runs of its configuration
+            name += " [unfinished]"
         changed = overrides(self.first)
         changed.pop("dataset", None)
         changed.pop("num_train_steps", None)
@@ -232,11 +256,19 @@ class Group:
         return ", ".join(prints)
 
     def sessions(self) -> str:
-        """How many sessions and machines the runs took ("3 sessions, 2 machines")."""
+        """How many sessions and machines the runs took ("3 sessions, 2 machines"). Machines are counted
+        from the sessions that recorded a machine id only; the others are said to be "not recorded"."""
         counts = {len(r.sessions) for r in self.runs}
-        machines = {(s.get("hardware"), s.get("machine")) for r in self.runs for s in r.sessions}
+        sessions = [s for r in self.runs for s in r.sessions]
+        machines = {(s.get("hardware"), s["machine"]) for s in sessions if s.get("machine")}
+        unknown = len({id(s) for s in sessions if not s.get("machine")})
         n = "/".join(str(c) for c in sorted(counts))
-        return f"{n} session{'s' if counts != {1} else ''}, {len(machines)} machine{'s' if len(machines) > 1 else ''}"
+        text = f"{n} session{'s' if counts != {1} else ''}"
+        if machines:
+            text += f", {len(machines)} machine{'s' if len(machines) > 1 else ''}"
+        if unknown:
+            text += f" ({unknown} session{'s' if unknown > 1 else ''} with no machine recorded)"
+        return text
 
     def diverged(self) -> int:
         return sum(r.diverged for r in self.runs)
@@ -257,6 +289,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
                 run.experiment,
                 run.preset,
                 run.superseded,
+                run.unfinished,
                 {k: v for k, v in config_as_now(run).items() if k not in _BOOKKEEPING | {"seed"}},
             ],  # fmt: skip
             sort_keys=True,
@@ -270,8 +303,14 @@ IRNN_FAST_PRESETS = tuple(p for p in pixel_mnist.PRESETS if p.startswith("irnn_f
 
 
 def section_of(group: Group) -> str:
-    if group.first.name.startswith("search_"):
-        return "search"
+    """The question a configuration's runs answer (the results page's sections, in SECTION_TITLES)."""
+    first = group.first
+    if first.superseded or "[run before" in group.label:
+        return "record"  # kept for the record: code or presets that no longer stand
+    if first.name.startswith("search_") or (first.preset in IRNN_FAST_PRESETS and overrides(first)):
+        return "search"  # every candidate of the irnn_fast recipe, beside the presets as they stand
+    if first.experiment == "row_mnist" and first.preset == "tanh50_dense30_as_logged":
+        return "s3replay"
     if group.first.name.startswith("lrsweep_"):
         return "lrsweep"
     if (

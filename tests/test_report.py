@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import report, report_runs
+from experiments import report, report_headline, report_runs
 from experiments.configs import adding, pixel_mnist, row_mnist
 from irnn_jax import checkpoint, loop, metrics
 from tests.conftest import tiny_config
@@ -55,8 +55,7 @@ def test_seeds_of_one_configuration_are_grouped_across_workdirs_and_sweeps(runs,
     for name in ("pixel_mnist_mnist.png", "adding.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "results.md").read_text() == md
-    summary = (tmp_path / "summary.md").read_text()
-    assert summary.count("\n| ") == 2 and "Commands:" in summary  # S1 and adding, below the header
+    assert md.index("## Headline") < md.index("## Contents") < md.index("## S0 and S1")
 
 
 @pytest.mark.slow
@@ -86,14 +85,21 @@ def test_the_log_is_compared_with_each_replay_evaluation_by_evaluation():
     md = report.logged_curve_table(report.group_runs(runs))
     assert "| 1 | 0.9379 | 0.9229 (0.9179 to 0.9279) | 0.9389 (0.9359 to 0.9419) |" in md
     assert "| mean absolute difference from the log | | 0.0150 | 0.0030 |" in md
-    assert "fits best the replay with 2 earlier passes" in md and "0.0150 with 1" in md
-    assert report.logged_curve_table(report.group_runs(runs[:1])).count("fits best") == 0  # one replay: no verdict
+    assert "closest to the replay with 2 earlier passes (0.0030, against 0.0150 with 1 earlier pass)" in md
+    # Seed by seed: each seed's difference from the log, mean ± std over seeds, and the seeds each fits best.
+    assert "| 1 earlier pass | 0.0150 ± 0.0071 (0.0100 to 0.0200) | 0 of 2 |" in md
+    assert "| 2 earlier passes | 0.0030 ± 0.0014 (0.0020 to 0.0040) | 2 of 2 |" in md
+    assert report.logged_curve_table(report.group_runs(runs[:1])).count("closest") == 0  # one replay: no verdict
 
 
 def _budget_run(preset, seed, accuracy, **changes):
     config = checkpoint.as_json(pixel_mnist.get_config(preset).to_dict() | {"seed": seed} | changes)  # as in run.json
-    rows = [{"step": 625, "test_accuracy": 0.1}, {"step": 3_750, "test_accuracy": accuracy}]
-    return report.Run(f"{preset}/{seed}", "pixel_mnist", preset, config, rows, [{"command": f"cmd {preset}"}])
+    run = report.Run(f"{preset}/{seed}", "pixel_mnist", preset, config, [], [{"command": f"cmd {preset}"}])
+    run.rows = [
+        {"step": 625, "test_accuracy": 0.1},
+        {"step": report_runs.planned_steps(run), "test_accuracy": accuracy},
+    ]
+    return run
 
 
 def test_the_budget_comparison_is_laid_out_as_the_papers_table():
@@ -115,9 +121,6 @@ def test_the_budget_comparison_is_laid_out_as_the_papers_table():
     assert rows["rnn_tanh"].count("not yet run") == 2
     assert "does not learn (paper)" in rows["rnn_relu"]
     assert "same 3,750 steps" in table
-    summary = report.summary(groups)
-    assert table in summary and "`cmd budget_irnn`" in summary
-    assert summary.count("| budget_") == 0  # one table for the comparison, no row per configuration
 
 
 def test_the_cells20_table_lists_runs_at_another_rate_beneath_it():
@@ -140,7 +143,7 @@ def _irnn_fast_run(preset, seed, validation, test, diverged=False, **changes):
     rows = [
         {"step": s, "epoch": s / 1719, "elapsed_seconds": s / 40, "train_accuracy": a, "validation_accuracy": a}
         | {"test_accuracy": a}
-        for s, a in ((3_438, 0.5), (6_876, 0.8))
+        for s, a in ((3_438, 0.5), (103_140, 0.8))  # 60 epochs of 55,000 images at batch 32: the whole run
     ]
     rows[-1] |= {"validation_accuracy": validation, "test_accuracy": test} | ({"diverged": True} if diverged else {})
     return report.Run(f"{preset}_seed{seed}", "pixel_mnist", preset, config, rows, [{"command": f"cmd {preset}"}])
@@ -155,7 +158,8 @@ def test_irnn_fast_has_its_own_section_with_each_seeds_validation_and_a_panel_pe
         _irnn_fast_run("irnn_fast", 0, 0.99, 0.99, learning_rate=1e-4),  # a candidate: no panel of its own
     ]
     groups = report.group_runs(runs)
-    assert [report.section_of(g) for g in groups] == ["irnn_fast"] * 3
+    # The candidate with another rate is one of the search's: the irnn_fast section holds the presets.
+    assert [report.section_of(g) for g in groups] == ["irnn_fast", "irnn_fast", "search"]
     md = report.write_report(runs, tmp_path)
     section = md.split("## irnn_fast: ")[1].split("\n## ")[0]
     f = np.asarray([0.90, 0.94, 0.1])
@@ -198,7 +202,7 @@ def test_the_learning_rate_is_chosen_on_validation_never_on_test():
     assert report.chosen_learning_rates(report.group_runs(under_way)) == {}  # no choice before the end
     assert "| none yet: under way, step 1,250 of 3,438 |" in report.lrsweep_table(report.group_runs(under_way))
     assert "3,438 steps" in table  # 2 epochs of 55,000 images: the run is complete, not "of 3,750"
-    assert "lrsweep" not in report.summary(groups)
+    assert "lrsweep" not in report_headline.headline_table(groups)
 
 
 def test_samples_per_second_counts_a_sweeps_runs_on_one_clock():
@@ -303,13 +307,27 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_the_readmes_generated_blocks_are_current():
-    """The README's preset table, fields table and results block are what `python -m experiments.report`
-    writes from the presets, base.py and the committed run logs: rerun it after changing any of them."""
+    """The README's preset table and headline, and docs/running.md's fields table, are what
+    `python -m experiments.report` writes from the presets, base.py and the committed run logs: rerun
+    it after changing any of them."""
     from pathlib import Path
 
     readme = (Path(report.ROOT) / "README.md").read_text()
-    assert readme.count("<!-- generated:") == 3
+    assert readme.count("<!-- generated:") == 2
     assert report.rewrite_blocks(readme, report.readme_blocks()) == readme, "run: python -m experiments.report"
+    running = report.RUNNING_MD.read_text()
+    assert running.count("<!-- generated:") == 1
+    assert report.rewrite_blocks(running, report.docs_blocks()) == running, "run: python -m experiments.report"
+
+
+def test_the_readme_is_a_front_page_of_at_most_20000_bytes():
+    """Commands, one table of claims, one plot: the analysis lives in docs/."""
+    from pathlib import Path
+
+    readme = (Path(report.ROOT) / "README.md").read_bytes()
+    assert len(readme) <= 20_000, f"README.md is {len(readme)} bytes"
+    assert readme.count(b"![") == 1  # the headline plot
+    assert (Path(report.ROOT) / "docs" / "results" / "headline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_rewrite_blocks_replaces_only_between_its_markers_and_refuses_a_missing_one():
@@ -373,3 +391,62 @@ def test_a_superseded_run_stays_on_the_page_set_apart_from_its_twin(runs, tmp_pa
     rows = [line for line in md.splitlines() if line.startswith("| keras_default_init (S1)")]
     assert len(rows) == 2  # not grouped as two seeds of one configuration
     assert sum("[superseded: the first form of an option, since fixed]" in r for r in rows) == 1
+
+
+def _final_run(experiment, preset, seed, value, sessions=None, steps=None, **changes):
+    """A run of `preset` that reached its full length (or `steps`) with final test metric `value`."""
+    module = report_runs.EXPERIMENTS[experiment]
+    config = checkpoint.as_json(module.get_config(preset).to_dict() | {"seed": seed} | changes)
+    run = report.Run(f"{preset}/{seed}", experiment, preset, config, [], sessions or [{"command": f"cmd {preset}"}])
+    end = steps if steps is not None else report_runs.planned_steps(run)
+    run.rows = [
+        {"step": end // 2, "epoch": 1.0, module.METRIC: value / 2},
+        {"step": end, "epoch": 2.0, module.METRIC: value},
+    ]
+    return run
+
+
+def test_the_headline_sets_each_claim_beside_our_figure_with_a_verdict_by_rule():
+    runs = [
+        *(_final_run("pixel_mnist", "keras_default_init", s, v) for s, v in enumerate((0.10, 0.11, 0.12))),
+        *(_final_run("pixel_mnist", "irnn_fast", s, v) for s, v in enumerate((0.960, 0.962, 0.964))),
+        _final_run("pixel_mnist", "irnn_fast_permuted", 0, 0.84),
+        _final_run("adding", "irnn_150", 0, 2e-6),
+        _final_run("adding", "irnn_150", 1, 0.05, steps=1_000),  # under way: not part of the figure
+    ]
+    table = report_headline.headline_table(report.group_runs(runs))
+    rows = {line.split(" | ")[-1].strip(" |`"): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"pixel_mnist:keras_default_init", "pixel_mnist:irnn_fast", "pixel_mnist:irnn_fast_permuted",
+                         "adding:irnn_150"}  # fmt: skip
+    assert "| reproduced: at chance |" in rows["pixel_mnist:keras_default_init"]
+    assert "| 0.9620 ± 0.0020 (0.9600 to 0.9640) | short by 0.8 points |" in rows["pixel_mnist:irnn_fast"]
+    assert "| beaten by 2.0 points (1 seed only) |" in rows["pixel_mnist:irnn_fast_permuted"]
+    assert "reproduced: solved (MSE 2e-06 against 0.167) (1 seed only)" in rows["adding:irnn_150"]
+    # Within half a point is reproduced, whichever side.
+    close = [_final_run("pixel_mnist", "irnn_fast", s, 0.968) for s in range(3)]
+    assert "reproduced (within 0.5 points)" in report_headline.headline_table(report.group_runs(close))
+
+
+def test_unfinished_runs_beside_finished_seeds_are_a_group_of_their_own():
+    runs = [_final_run("adding", "irnn_150", 0, 2e-6), _final_run("adding", "irnn_150", 1, 0.05, steps=1_000)]
+    groups = report.group_runs(runs)
+    assert [g.label for g in groups] == ["irnn_150", "irnn_150 [unfinished]"]
+    assert [len(g.runs) for g in groups] == [1, 1]
+    # A run asked to be short (--config.num_train_steps) is finished at its own length.
+    short = _final_run("adding", "irnn_150", 2, 0.05, steps=1_000, num_train_steps=1_000)
+    assert [g.label for g in report.group_runs([short])] == ["irnn_150"]
+
+
+def test_machines_are_counted_only_where_a_session_recorded_one():
+    sessions = [{"command": "c"}, {"command": "c"}] + [{"command": "c", "hardware": "AMD", "machine": "m1"}] * 3
+    g = report.group_runs([_final_run("adding", "irnn_150", 0, 2e-6, sessions=sessions)])[0]
+    assert g.sessions() == "5 sessions, 1 machine (2 sessions with no machine recorded)"
+
+
+def test_a_divergence_the_log_missed_is_recorded_by_a_file_beside_it(idx_dir, tmp_path):
+    loop.train_and_evaluate(tiny_config(idx_dir, num_train_steps=4, eval_every_steps=2), tmp_path / "run")
+    (run,) = report.load_runs(tmp_path / "run")
+    assert not run.diverged
+    (tmp_path / "run" / report_runs.DIVERGED).write_text("non-finite at step 5, seen on the console\n")
+    (run,) = report.load_runs(tmp_path / "run")
+    assert run.diverged and "1 diverged" in report.group_runs([run])[0].ours()
