@@ -2,18 +2,22 @@
 
 csrc/rnn_kernel.cc and csrc/lstm_kernel.cc (with csrc/kernels.h), the native CPU kernels of recurrence
 "native" (irnn_jax/native.py: the simple RNN and the LSTM), are compiled against the XLA FFI headers
-that jaxlib ships (a build requirement in pyproject.toml) into one library, irnn_jax/_rnn_kernel*.so.
-It is optional: where it cannot be built (no C++ compiler), the install goes on, and recurrence
-"native" says why it cannot run when asked for; "scan" and "fused" need nothing compiled. MANIFEST.in
-puts the C++ sources into a source distribution. csrc/build.json holds the sources and compiler
-arguments, which benchmarks/kernel_ab.py reads too. IRNN_JAX_NATIVE_FLAGS replaces its default
-"-O3 -march=native" (the kernel is built for the machine that installs it; set e.g.
-"-O3 -march=x86-64-v3" to build for others).
+that jaxlib ships (a build requirement in pyproject.toml). On x86-64 they are compiled once per
+instruction set of csrc/build.json's "variants" (AVX-512: x86-64-v4, AVX2: x86-64-v3), each into a
+library of its own, irnn_jax/_rnn_kernel_<variant>*.so, with the vector width and register blocks of
+that instruction set (csrc/kernels.h); irnn_jax/native_library.py loads the best one that the CPU it
+runs on can execute, so one build serves every x86-64 machine (a cluster's login node builds, its
+compute nodes run). Elsewhere (ARM) one library of "other_flags". They are optional: where they
+cannot be built (no C++ compiler), the install goes on, and recurrence "native" says why it cannot
+run when asked for; "scan" and "fused" need nothing compiled. IRNN_JAX_NATIVE_FLAGS replaces the
+variants with one library of those flags (e.g. "-O3 -march=native"). MANIFEST.in puts the C++
+sources into a source distribution; benchmarks/kernel_ab.py reads build.json too.
 """
 
 import importlib.util
 import json
 import os
+import platform
 from pathlib import Path
 
 from setuptools import Extension, setup
@@ -28,17 +32,25 @@ def ffi_include_dir() -> str:
 
 
 recipe = json.loads((Path(__file__).resolve().parent / "csrc" / "build.json").read_text())
-flags = os.environ.get("IRNN_JAX_NATIVE_FLAGS", recipe["default_flags"]).split()
+if os.environ.get("IRNN_JAX_NATIVE_FLAGS"):
+    variants = {"custom": os.environ["IRNN_JAX_NATIVE_FLAGS"]}
+elif platform.machine().lower() in ("x86_64", "amd64"):
+    variants = recipe["variants"]
+else:
+    variants = {"generic": recipe["other_flags"]}
 setup(
     ext_modules=[
         Extension(
-            "irnn_jax._rnn_kernel",
+            f"irnn_jax._rnn_kernel_{name}",
             sources=recipe["sources"],
             depends=recipe["depends"],
             include_dirs=[ffi_include_dir(), *recipe["include_dirs"]],
-            extra_compile_args=[*recipe["compile_args"], *flags],
+            extra_compile_args=[*recipe["compile_args"], *flags.split()],
             language="c++",
             optional=True,
         )
-    ]
+        for name, flags in variants.items()
+    ],
+    # The variants compile side by side, one per core (the build's time is about the longest one's).
+    options={"build_ext": {"parallel": max(1, min(len(variants), os.cpu_count() or 1))}},
 )

@@ -2,7 +2,7 @@
 
     python -m benchmarks.compare                    # jax, keras, torch at batch 32, 256, 1024
     python -m benchmarks.compare --frameworks=jax --batch_sizes=32 --recurrence=scan,fused --cpu_devices=1,0
-    python -m benchmarks.compare --steps=20,5,2 --json_out=/tmp/bench.json --md_out=/tmp/bench.md
+    python -m benchmarks.compare --steps=20,5,2 --json_out=bench.json --md_out=bench.md
 
 One step is forward + backward + RMSprop update (lr 1e-6, global-norm clipping 1.0) of the
 pixel-MNIST IRNN: 784 steps of 1 value, 100 ReLU units with identity recurrent init, Dense 10,

@@ -22,12 +22,48 @@ namespace irnn_kernels {
 
 namespace ffi = xla::ffi;
 
-constexpr int kLanes = 16;
+constexpr int kLanes = 16;     // the layout: rows padded to a multiple of 16 floats, in every build
 constexpr int kMaxVectors = 8;  // Hp <= 128: H <= 128 units
-typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+// The arithmetic's vectors: 16 floats on AVX-512, 8 on AVX2 (a 16-float vector type compiled for AVX2
+// becomes pairs of registers that GCC keeps in memory: the first AVX2 build read or wrote the stack in
+// about half its instructions). kSub of them make one 16-float vector of the layout.
+#if defined(__AVX512F__)
+constexpr int kVL = 16;
+#else
+constexpr int kVL = 8;
+#endif
+constexpr int kSub = kLanes / kVL;
+// The arithmetic's vectors in nv vectors of the layout.
+constexpr int cv(int nv) { return nv * kSub; }
+
+// Register blocking, per instruction set. The data layout is the same for every build (rows of 16-float
+// vectors); what changes is how many of them one micro-kernel call holds in registers. AVX-512 has 32
+// registers of 16 floats: a block of a few rows takes a whole row of up to 8 vectors at once
+// (kChunkVectors), RB x NV accumulators plus RB broadcasts. AVX2 has 16 registers of 8 floats, so a
+// 16-float vector takes two: a block of whole 112-float rows would need 14 registers a row and spill
+// (the first AVX2 build of these kernels read or wrote the stack in about half its instructions and ran
+// 5 to 7x slower than XLA). There the rows are taken in chunks of kChunkVectors vectors, with more rows
+// sharing each load of the weights.
+#if defined(__AVX512F__)
+constexpr int kChunkVectors = 8;  // a whole row
+constexpr const char* kBlocking = "avx512: whole rows";
+#else
+#ifndef IRNN_CHUNK_VECTORS
+#define IRNN_CHUNK_VECTORS 1
+#endif
+#ifndef IRNN_ROW_BLOCK
+#define IRNN_ROW_BLOCK 4
+#endif
+constexpr int kChunkVectors = IRNN_CHUNK_VECTORS;  // 16 floats: two ymm accumulators a row
+constexpr const char* kBlocking = "avx2: chunks of 16 floats";
+#endif
+
+// The vectors of a row that one micro-kernel call takes: the whole row, or a chunk of it.
+constexpr int chunk_width(int nv) { return kChunkVectors < nv ? kChunkVectors : nv; }
+typedef float vec __attribute__((vector_size(kVL * sizeof(float))));
 // Loads and stores go through this type, which assumes no alignment: XLA's buffers (x, states) need
 // not be 64-byte aligned; on aligned data (the kernel's own buffers) it costs nothing more.
-typedef float uvec __attribute__((vector_size(kLanes * sizeof(float)), aligned(alignof(float))));
+typedef float uvec __attribute__((vector_size(kVL * sizeof(float)), aligned(alignof(float))));
 
 // A broadcast (GCC's vector-scalar arithmetic). s - 0 is s for every float, so it compiles to one
 // vbroadcastss (from memory where s is loaded); 0 + s is not (-0 + 0 = +0), and costs an add before it.
@@ -110,7 +146,11 @@ typedef float vec4 __attribute__((vector_size(4 * sizeof(float))));
 typedef float uvec4 __attribute__((vector_size(4 * sizeof(float)), aligned(alignof(float))));
 
 inline vec4 low_quarter(vec v) { return __builtin_shufflevector(v, v, 0, 1, 2, 3); }
+#if defined(__AVX512F__)
 inline vec widened(vec4 q) { return __builtin_shufflevector(q, vec4{}, 0, 1, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4); }
+#else
+inline vec widened(vec4 q) { return __builtin_shufflevector(q, vec4{}, 0, 1, 2, 3, 4, 4, 4, 4); }
+#endif
 
 // Whether a row of H floats takes the quarter form: its last vector holds 1 to 4 real floats, after
 // at least one whole vector.
@@ -125,8 +165,9 @@ inline bool quarter_tail(int64_t H) { return H > kLanes && H % kLanes >= 1 && H 
 template <int NV, int RB, bool Q = false>
 inline void rows_times(const float* in, int in_stride, const float* M, int K, int m_stride, vec (&acc)[RB][NV],
                        int k_stride = 1) {
-  constexpr int NF = Q ? NV - 1 : NV;  // whole vectors
-  static_assert(NF >= 1 || !Q, "the quarter form needs a whole vector before it");
+  // Whole vectors before the quarter (none: a chunk that is only the quarter); with Q the last layout
+  // vector (kSub of ours) is the quarter, and its vectors after the first are left as they are (zero).
+  constexpr int NF = Q ? NV - kSub : NV;
   vec4 tail[RB];
   if constexpr (Q) {
     #pragma GCC unroll 16
@@ -140,7 +181,7 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
     #pragma GCC unroll 16
     for (int v = 0; v < NF; ++v) {
       vec mv = m[v];
-#ifdef __AVX512F__
+#if defined(__AVX512F__) || defined(IRNN_ONE_LOAD)
       // One load of M's vector for the RB rows. Without this GCC folds the load into each row's FMA,
       // RB loads of the same vector, and the micro-kernel waits on loads, not FMAs: the LSTM's
       // value_and_grad at batch 16 took 1.11 to 1.16x as long (docs/performance.md).
@@ -150,7 +191,7 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
       for (int r = 0; r < RB; ++r) acc[r][v] += s[r] * mv;
     }
     if constexpr (Q) {
-      const vec4 mq = *reinterpret_cast<const uvec4*>(M + static_cast<size_t>(k) * m_stride + NF * kLanes);
+      const vec4 mq = *reinterpret_cast<const uvec4*>(M + static_cast<size_t>(k) * m_stride + NF * kVL);
       #pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) tail[r] += low_quarter(s[r]) * mq;
     }
@@ -178,9 +219,31 @@ inline void accumulate_rows(const float* A, int a_stride, int k, const float* D,
     for (int v = 0; v < NV; ++v) V(G + static_cast<size_t>(k + q) * stride)[v] = acc[q][v];
 }
 
-// Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels:
-// RB x NV accumulators plus RB broadcasts fit the 32 vector registers.
+// Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels, for a
+// row of nv vectors taken chunk_width(nv) at a time. AVX-512: RB x NV accumulators plus RB broadcasts
+// fit the 32 vector registers. AVX2: RB rows x 2 registers (one 16-float vector) plus their broadcasts
+// and the weights' two halves fit 16.
+#if defined(__AVX512F__)
 constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
+#else
+constexpr int row_block(int nv) { return nv < 1 ? 1 : IRNN_ROW_BLOCK; }
+#endif
+
+// f(std::integral_constant<int, CB>{}, v0, std::bool_constant<q>{}) for the chunks [v0, v0 + CB) of
+// chunk_width(NV) vectors (the last one shorter) that cover a row of NV vectors; q is Q on the last
+// chunk (rows_times's quarter form: the row's last vector) and false elsewhere. With whole rows (AVX-512)
+// one call, f(NV, 0, Q).
+template <int NV, bool Q, typename F>
+inline void over_chunks(F&& f) {
+  constexpr int CW = chunk_width(NV), FULL = NV / CW, REST = NV % CW;
+  for (int c = 0; c < FULL; ++c) {
+    if (Q && REST == 0 && c == FULL - 1)
+      f(std::integral_constant<int, CW>{}, c * CW, std::true_type{});
+    else
+      f(std::integral_constant<int, CW>{}, c * CW, std::false_type{});
+  }
+  if constexpr (REST > 0) f(std::integral_constant<int, REST>{}, FULL * CW, std::bool_constant<Q>{});
+}
 
 // f(std::integral_constant<int, R>{}, i) for blocks of R rows [i, i + R) that cover rows [0, n): R = RB
 // (row_block) while more than RB + 1 rows are left, then blocks of 3 and 2. A row left alone would run
@@ -205,18 +268,23 @@ inline void over_row_blocks(int n, F&& f) {
   }
 }
 
-// G (K rows, stride) += A^T D over N rows: all K rows of the weight gradient, a few at a time.
+// G (K rows, stride) += A^T D over N rows: all K rows of the weight gradient, a few at a time, chunk by
+// chunk of its columns.
 template <int NV, bool Q = false>
 void accumulate(const float* A, int a_stride, int K, const float* D, int N, int stride, float* G) {
-  over_row_blocks<row_block(NV)>(K, [&](auto rows, int k) {
-    accumulate_rows<NV, decltype(rows)::value, Q>(A, a_stride, k, D, N, stride, G);
+  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+    constexpr int CB = decltype(cw)::value;
+    over_row_blocks<row_block(NV)>(K, [&](auto rows, int k) {
+      accumulate_rows<cv(CB), decltype(rows)::value, decltype(q)::value>(A, a_stride, k, D + v0 * kLanes, N, stride,
+                                                                          G + v0 * kLanes);
+    });
   });
 }
 
 // sums[:] += the sum of the N rows of D (nw vectors each, stride nw * 16): the bias gradient.
 inline void add_row_sums(const float* D, int N, int nw, float* sums) {
   for (int n = 0; n < N; ++n)
-    for (int v = 0; v < nw; ++v) V(sums)[v] += V(D + static_cast<size_t>(n) * nw * kLanes)[v];
+    for (int v = 0; v < cv(nw); ++v) V(sums)[v] += V(D + static_cast<size_t>(n) * nw * kLanes)[v];
 }
 
 // out[n, c] = D[n, :] . W[c, :] (n < N, c < C), rows of nw vectors: the input's gradient dz W_in^T.
@@ -225,10 +293,10 @@ inline void times_transposed(const float* D, int N, int nw, const float* W, int 
     const uvec* d = V(D + static_cast<size_t>(n) * nw * kLanes);
     for (int c = 0; c < C; ++c) {
       vec s = splat(0.0f);
-      for (int v = 0; v < nw; ++v) s += d[v] * V(W + static_cast<size_t>(c) * nw * kLanes)[v];
+      for (int v = 0; v < cv(nw); ++v) s += d[v] * V(W + static_cast<size_t>(c) * nw * kLanes)[v];
       float total = 0.0f;
       #pragma GCC unroll 16
-      for (int l = 0; l < kLanes; ++l) total += s[l];
+      for (int l = 0; l < kVL; ++l) total += s[l];
       out[static_cast<size_t>(n) * C + c] = total;
     }
   }

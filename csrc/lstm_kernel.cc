@@ -29,7 +29,23 @@ constexpr int kGates = 4;
 // Rows of one block of the weight gradients' sums: a row of dz is 4 gates wide, so a quarter of the
 // simple RNN's 512 keeps a block's dz (B rows x 4H floats) in L2 as it does.
 constexpr int kBlockRows = 128;
-constexpr int kChunk = 7;  // vectors of a row of z (or of a weight gradient) that one micro-kernel call takes
+// Vectors of a row of z (or of a weight gradient) that one micro-kernel call takes: 7 on AVX-512, and on
+// AVX2 the chunk its 16 registers hold (kernels.h).
+#if defined(__AVX512F__)
+constexpr int kChunk = 7;
+constexpr int kLstmRows = 0;  // row_block's
+#else
+#ifndef IRNN_LSTM_CHUNK
+#define IRNN_LSTM_CHUNK 2
+#endif
+#ifndef IRNN_LSTM_ROWS
+#define IRNN_LSTM_ROWS 3
+#endif
+constexpr int kChunk = IRNN_LSTM_CHUNK;
+constexpr int kLstmRows = IRNN_LSTM_ROWS;
+#endif
+// Rows of a forward block: row_block's on AVX-512; on AVX2 kLstmRows.
+constexpr int lstm_rows(int nv) { return kLstmRows ? kLstmRows : row_block(nv); }
 
 // The packed layout of a row of gates: i, f, g, o, H columns each, one after the other (Keras's), in a
 // row of `gate_stride(H)` floats. No gate is padded: at H = 100 a row is 25 vectors, where padding each
@@ -46,24 +62,25 @@ inline int gate_stride(int H) { return ((std::max(kGates * H, 3 * H + kLanes) + 
 template <typename F>
 inline void over_unit_vectors(int H, F&& f) {
   int j = 0;
-  for (; j + kLanes <= H; j += kLanes) f(j);
-  if (j < H) f(std::max(0, H - kLanes));
+  for (; j + kVL <= H; j += kVL) f(j);
+  if (j < H) f(std::max(0, H - kVL));
 }
 
 // f(std::integral_constant<int, n>{}, v) for the chunks [v, v + n) of kChunk vectors (the last one
 // shorter) that cover a row of nv vectors.
+template <int N, typename F>
+inline void last_chunk(int rest, int v, F&& f) {
+  if constexpr (N >= 1) {
+    if (rest == N) return f(std::integral_constant<int, N>{}, v);
+    last_chunk<N - 1>(rest, v, f);
+  }
+}
+
 template <typename F>
 inline void over_column_chunks(int nv, F&& f) {
   int v = 0;
   for (; v + kChunk <= nv; v += kChunk) f(std::integral_constant<int, kChunk>{}, v);
-  switch (nv - v) {
-    case 1: f(std::integral_constant<int, 1>{}, v); break;
-    case 2: f(std::integral_constant<int, 2>{}, v); break;
-    case 3: f(std::integral_constant<int, 3>{}, v); break;
-    case 4: f(std::integral_constant<int, 4>{}, v); break;
-    case 5: f(std::integral_constant<int, 5>{}, v); break;
-    case 6: f(std::integral_constant<int, 6>{}, v); break;
-  }
+  last_chunk<kChunk - 1>(nv - v, v, f);
 }
 
 // One forward step for rows [i, i + RB): the gate activations into a (stride S, packed), each gate
@@ -75,17 +92,17 @@ inline void forward_rows(const float* h, const float* x, int C, const float* Win
                          const float* scale, int H, int S, const float* c_prev, float* a, float* c_out, float* h_out) {
   constexpr int Hp = NV * kLanes;
   over_column_chunks(S / kLanes, [&](auto chunk, int v0) {
-    constexpr int CB = decltype(chunk)::value;
+    constexpr int CB = decltype(chunk)::value, NCV = cv(CB);
     const int col = v0 * kLanes;
-    vec acc[RB][CB];
+    vec acc[RB][cv(CB)];
     #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r)
       #pragma GCC unroll 16
-      for (int v = 0; v < CB; ++v) acc[r][v] = V(bp + col)[v];
-    rows_times<CB, RB>(x, C, Winp + col, C, S, acc);
-    rows_times<CB, RB>(h, Hp, Wp + col, H, S, acc);
+      for (int v = 0; v < NCV; ++v) acc[r][v] = V(bp + col)[v];
+    rows_times<cv(CB), RB>(x, C, Winp + col, C, S, acc);
+    rows_times<cv(CB), RB>(h, Hp, Wp + col, H, S, acc);
     #pragma GCC unroll 16
-    for (int v = 0; v < CB; ++v) {
+    for (int v = 0; v < NCV; ++v) {
       const vec s = V(scale + col)[v];
       #pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) V(a + r * S + col)[v] = s * tanh_approx(s * acc[r][v]) + (splat(1.0f) - s);
@@ -127,12 +144,16 @@ inline void gate_gradients(int H, const float* a, const float* c_prev, const flo
 template <int NV, int RB, bool Q>
 inline void backprop_rows(const float* dz, int S, const float* WT, int H, float* dh_out) {
   constexpr int Hp = NV * kLanes;
-  vec acc[RB][NV] = {};
-  rows_times<NV, RB, Q>(dz, S, WT, kGates * H, Hp, acc);
-  #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+    constexpr int CB = decltype(cw)::value, NCV = cv(CB);
+    const int col = v0 * kLanes;
+    vec acc[RB][cv(CB)] = {};
+    rows_times<cv(CB), RB, decltype(q)::value>(dz, S, WT + col, kGates * H, Hp, acc);
     #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) V(dh_out + static_cast<size_t>(r) * Hp)[v] = acc[r][v];
+    for (int r = 0; r < RB; ++r)
+      #pragma GCC unroll 16
+      for (int v = 0; v < NCV; ++v) V(dh_out + static_cast<size_t>(r) * Hp + col)[v] = acc[r][v];
+  });
 }
 
 // G (K rows, stride S) += A^T D over N rows of D (stride S), chunk by chunk of the packed row.
@@ -148,7 +169,7 @@ inline Floats packed(const float* src, int rows, int H, int S) { return padded(s
 template <int NV>
 void forward(int T, int B, int C, int H, const float* x, const float* w_in, const float* w_rec, const float* b,
              float* gates, float* c_keep, float* h_keep, float* h_last) {
-  constexpr int Hp = NV * kLanes, RB = row_block(NV);
+  constexpr int Hp = NV * kLanes, RB = lstm_rows(NV);
   const int S = gate_stride(H);
   Floats Winp = packed(w_in, C, H, S), Wp = packed(w_rec, H, H, S), bp = packed(b, 1, H, S);
   Floats scale = zeros(S);

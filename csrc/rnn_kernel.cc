@@ -40,31 +40,41 @@ inline vec times_derivative(vec h, vec g) {
 }
 
 // One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec) (Q: rows_times's quarter form).
+// (A chunk at a time: kernels.h's over_chunks; on AVX-512 the whole row in one.)
 template <int NV, int RB, int ACT, bool Q>
 inline void forward_rows(const float* h, const float* x, int C, const float* Winp, const float* Wp, const float* bp,
                          int H, int Hp, float* out) {
-  vec acc[RB][NV];
-  #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+    constexpr int CB = decltype(cw)::value, NCV = cv(CB);
+    constexpr bool QC = decltype(q)::value;
+    const int col = v0 * kLanes;
+    vec acc[RB][cv(CB)];
     #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) acc[r][v] = V(bp)[v];
-  rows_times<NV, RB, Q>(x, C, Winp, C, Hp, acc);
-  rows_times<NV, RB, Q>(h, Hp, Wp, H, Hp, acc);
-  #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+    for (int r = 0; r < RB; ++r)
+      #pragma GCC unroll 16
+      for (int v = 0; v < NCV; ++v) acc[r][v] = V(bp + col)[v];
+    rows_times<cv(CB), RB, QC>(x, C, Winp + col, C, Hp, acc);
+    rows_times<cv(CB), RB, QC>(h, Hp, Wp + col, H, Hp, acc);
     #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) V(out + static_cast<size_t>(r) * Hp)[v] = activate<ACT>(acc[r][v]);
+    for (int r = 0; r < RB; ++r)
+      #pragma GCC unroll 16
+      for (int v = 0; v < NCV; ++v) V(out + static_cast<size_t>(r) * Hp + col)[v] = activate<ACT>(acc[r][v]);
+  });
 }
 
 // dh_out[r, :] = dz[r, :] @ W_rec^T for rows [i, i + RB) (WTp: W_rec^T padded, H x Hp).
 template <int NV, int RB, bool Q>
 inline void backprop_rows(const float* dz, const float* WTp, int H, int Hp, float* dh_out) {
-  vec acc[RB][NV] = {};
-  rows_times<NV, RB, Q>(dz, Hp, WTp, H, Hp, acc);
-  #pragma GCC unroll 16
-  for (int r = 0; r < RB; ++r)
+  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+    constexpr int CB = decltype(cw)::value, NCV = cv(CB);
+    const int col = v0 * kLanes;
+    vec acc[RB][cv(CB)] = {};
+    rows_times<cv(CB), RB, decltype(q)::value>(dz, Hp, WTp + col, H, Hp, acc);
     #pragma GCC unroll 16
-    for (int v = 0; v < NV; ++v) V(dh_out + static_cast<size_t>(r) * Hp)[v] = acc[r][v];
+    for (int r = 0; r < RB; ++r)
+      #pragma GCC unroll 16
+      for (int v = 0; v < NCV; ++v) V(dh_out + static_cast<size_t>(r) * Hp + col)[v] = acc[r][v];
+  });
 }
 
 template <int NV, int ACT, bool Q>
@@ -113,7 +123,7 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
     for (int t = t0 + K - 1; t >= t0; --t) {
       const float* h_out = (t == T - 1) ? h_last.get() : states + (t + 1) * slab;  // act(z_t)
       float* dz_t = dz.get() + (t - t0) * slab;
-      for (size_t n = 0; n < slab / kLanes; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
+      for (size_t n = 0; n < slab / kVL; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
       if (t == 0) break;  // dh_0 is unused: h_0 is a constant
       over_row_blocks<RB>(B, [&](auto rows, int i) {
         backprop_rows<NV, decltype(rows)::value, Q>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);

@@ -185,7 +185,7 @@ class SequenceClassifier(nn.Module):
         cell_cls, kwargs = make_cell(self.cell, self.hidden_size, self.recurrent_gain, self.input_init_std, name="rnn")
         if not recurrence_lib.supports(self.recurrence, self.cell):
             raise ValueError(f"recurrence {self.recurrence!r} cannot run cell {self.cell!r} (recurrence.supports)")
-        rec = recurrence_lib.resolve(self.recurrence, self.cell, self.hidden_size)
+        rec = recurrence_lib.resolve(self.recurrence, self.cell, self.hidden_size, batch=x_BxTxC.shape[0])
         if rec == "scan":
             scan = nn.scan(cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1)
             carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)

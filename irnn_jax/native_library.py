@@ -36,6 +36,9 @@ LIBRARY_ENV = "IRNN_JAX_NATIVE_LIBRARY"  # a kernel library to load instead of t
 # The CPU's features, as /proc/cpuinfo's "flags" names them, space-separated, instead of the CPU's own: to
 # see what a CPU without some of them would do (tests; a login node checking for its compute nodes).
 CPU_FLAGS_ENV = "IRNN_JAX_CPU_FLAGS"
+# A variant of the package's build to load instead of the best one this CPU runs ("avx2", "avx512"): to
+# time or test the AVX2 path on an AVX-512 machine.
+ISA_ENV = "IRNN_JAX_NATIVE_ISA"
 ISA_MARKER = re.compile(rb"irnn-jax-native-isa:([a-z0-9_,]*);")  # csrc/rnn_kernel.cc, IrnnBuildIsa
 PROBE_TIMEOUT_S = 60
 # The child that tries a library before the training process loads it: exit 0 when its self-test passes.
@@ -173,12 +176,7 @@ def _try(library: Path) -> Status:
             missing = ["aarch64"]
         if missing:
             named = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
-            return Status(
-                f"the native kernel {library.name} ({variant}) was built for a CPU with {named}, which this CPU "
-                f"lacks; {fix}",
-                str(library),
-                variant,
-            )
+            return Status(f"{library.name} ({variant}) needs {named}, which this CPU lacks", str(library), variant)
     if reason := _probe(library):
         return Status(f"the native kernel {library} cannot run here: {reason}; {fix}", str(library), variant)
     return Status(None, str(library), variant)
@@ -188,8 +186,9 @@ def _try(library: Path) -> Status:
 def _load() -> Status:
     """Registers the kernels' FFI targets (TARGETS) from a library that passed its checks (`_try`).
 
-    The library is the package's build (irnn_jax/_rnn_kernel*.so), or the file that the environment
-    variable IRNN_JAX_NATIVE_LIBRARY names (another build of csrc/, as benchmarks/kernel_ab.py times).
+    The library is the best of the package's builds (irnn_jax/_rnn_kernel_<variant>*.so: AVX-512, then
+    AVX2) that passes its checks here, or the variant IRNN_JAX_NATIVE_ISA names, or the file that
+    IRNN_JAX_NATIVE_LIBRARY names (another build of csrc/, as benchmarks/kernel_ab.py times).
     Nothing is loaded into this process before its CPU features have been checked against this CPU's
     and its self-test has passed in a child process. When it cannot run, one warning says why (the
     XLA path, "fused", serves recurrence "auto" then).
@@ -200,22 +199,67 @@ def _load() -> Status:
     return status
 
 
+# The package's libraries, best first: a build the user asked for (IRNN_JAX_NATIVE_FLAGS), then the
+# instruction sets of csrc/build.json's variants, then a build for another architecture.
+PREFERENCE = ("custom", "avx512", "avx2", "generic")
+# Variants that `recurrence="auto"` takes: those measured against XLA on their instruction set
+# (docs/performance.md). Another one (a build for ARM, or for x86-64 below AVX2) runs when asked for.
+MEASURED = ("avx512", "avx2")
+
+
+def variant_of_file(library: Path) -> str:
+    """The variant a package library was built as, from its name: _rnn_kernel_<variant>.cpython-...so."""
+    stem = library.name.split(".")[0]
+    return stem.removeprefix("_rnn_kernel_") if stem.startswith("_rnn_kernel_") else ""
+
+
+def package_libraries() -> list[Path]:
+    """The package's kernel libraries, best first (PREFERENCE)."""
+    found = Path(__file__).parent.glob("_rnn_kernel*.so")
+    rank = {v: k for k, v in enumerate(PREFERENCE)}
+    return sorted(found, key=lambda p: (rank.get(variant_of_file(p), len(rank)), p.name))
+
+
 def _find_and_load() -> Status:
+    library, status = choose()
+    return status if library is None else _register(library, status)
+
+
+def choose() -> tuple[Path | None, Status]:
+    """The library to load (None when none can) and its Status, after every check; nothing is loaded
+    into this process."""
     if chosen := os.environ.get(LIBRARY_ENV):
         if not Path(chosen).is_file():
-            return Status(f"{LIBRARY_ENV}={chosen} is not a file: unset it to use the package's own kernel", chosen)
+            return None, Status(
+                f"{LIBRARY_ENV}={chosen} is not a file: unset it to use the package's own kernel", chosen
+            )
         found = [Path(chosen)]
     else:
-        found = sorted(Path(__file__).parent.glob("_rnn_kernel*.so"))
+        found = package_libraries()
+        if forced := os.environ.get(ISA_ENV):
+            built = [variant_of_file(p) for p in found]
+            found = [p for p in found if variant_of_file(p) == forced]
+            if not found:
+                return None, Status(
+                    f"{ISA_ENV}={forced}: no such variant is built here (built: {', '.join(built) or 'none'})"
+                )
     if not found:
-        return Status(
+        return None, Status(
             "the native kernel is not built (irnn_jax/_rnn_kernel*.so is missing): reinstall with a C++ compiler "
             "present (`pip install -e .`), or use --config.recurrence=fused"
         )
-    library = found[-1].resolve()
-    status = _try(library)
-    if status.reason:
-        return status
+    reasons = []
+    for library in found:  # best first: the first that passes its checks here
+        status = _try(library.resolve())
+        if status.reason is None:
+            return library.resolve(), status
+        reasons.append(status.reason)
+    if len(reasons) == 1:
+        return None, Status(f"the native kernel cannot run on this CPU: {reasons[0]}", str(found[0]), "")
+    return None, Status(f"no build of the native kernel runs on this CPU: {'; '.join(reasons)}", str(found[0]), "")
+
+
+def _register(library: Path, status: Status) -> Status:
     try:
         lib = ctypes.cdll.LoadLibrary(str(library))
     except OSError as e:

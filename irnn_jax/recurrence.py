@@ -33,7 +33,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from irnn_jax import native, pallas_rnn
+from irnn_jax import native, native_library, pallas_rnn
 
 RECURRENCES = ("scan", "fused", "pallas", "native")
 CONFIG_VALUES = (*RECURRENCES, "auto")  # what config.recurrence may say
@@ -52,16 +52,24 @@ def supports(recurrence: str, cell: str) -> bool:
     return recurrence != "pallas" or cell != "lstm"
 
 
-def resolve(recurrence: str, cell: str, hidden_size: int, platform: str | None = None) -> str:
+# On the AVX2 build the simple RNN's native training step at 512 rows a device ran slower than nn.scan's
+# XLA loop (batch 1024 on 2 devices: 317 ms against 282, XLA held to AVX2; docs/performance.md), where
+# at 64 and 16 rows it ran faster than both XLA paths: from this many rows a device, auto takes "scan" there.
+AVX2_SCAN_FROM_ROWS = 512
+
+
+def resolve(recurrence: str, cell: str, hidden_size: int, platform: str | None = None, batch: int | None = None) -> str:
     """The recurrence that runs for config.recurrence: "auto" is "native" where the kernel is built,
     passes its checks on this CPU (`native.status`) and takes the cell and size on this platform (CPU),
     and "fused" everywhere else; any other value is itself. All give the same results to float32
     rounding; a run resumed on another machine may change between them (run.json records which ran in
-    each session, and why: `explain`)."""
-    return explain(recurrence, cell, hidden_size, platform)[0]
+    each session, and why: `explain`). `batch`: the rows a device runs at once, where known."""
+    return explain(recurrence, cell, hidden_size, platform, batch)[0]
 
 
-def explain(recurrence: str, cell: str, hidden_size: int, platform: str | None = None) -> tuple[str, str]:
+def explain(
+    recurrence: str, cell: str, hidden_size: int, platform: str | None = None, batch: int | None = None
+) -> tuple[str, str]:
     """(the recurrence that runs, why): `resolve`'s answer with the reason for it in words."""
     if recurrence != "auto":
         return recurrence, "asked for by config.recurrence"
@@ -71,7 +79,18 @@ def explain(recurrence: str, cell: str, hidden_size: int, platform: str | None =
         native.check(NATIVE_CELLS[cell], hidden_size, platform)
     except native.NativeUnavailable as e:
         return "fused", f"auto: {e}"
-    return "native", f"auto: the native kernel ({native.status().variant}) passed its checks on this CPU"
+    variant = native.status().variant
+    if variant not in native_library.MEASURED:
+        return "fused", (
+            f"auto: the native kernel here is a {variant} build, which has not been measured against XLA "
+            "(docs/performance.md); --config.recurrence=native runs it"
+        )
+    if variant == "avx2" and cell != "lstm" and batch is not None and batch >= AVX2_SCAN_FROM_ROWS:
+        return "scan", (
+            f"auto: at {batch} rows a device the AVX2 build of the native kernel runs slower than nn.scan's XLA loop "
+            f"(from {AVX2_SCAN_FROM_ROWS} rows on; docs/performance.md)"
+        )
+    return "native", f"auto: the native kernel's {variant} build passed its checks on this CPU"
 
 
 def activation_fn(name: str):

@@ -158,7 +158,9 @@ def experiment_of(config) -> str:
 def resolved_recurrence(config) -> dict:
     """The recurrence this session runs (config.recurrence "auto" resolves per machine), why, and for
     "native" the variant of the kernel library that runs it ("avx512", "avx2", ...)."""
-    name, why = recurrence.explain(config.recurrence, config.cell, config.hidden_size)
+    n = jax.device_count()
+    rows = config.batch_size if config.get("sweep") or config.batch_size % n else config.batch_size // n
+    name, why = recurrence.explain(config.recurrence, config.cell, config.hidden_size, batch=rows)
     out = {"recurrence": name, "recurrence_why": why}
     if name == "native":
         out["native_variant"] = native.status().variant

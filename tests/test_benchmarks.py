@@ -142,7 +142,7 @@ def test_compare_command_line(tmp_path):
 def test_kernel_ab_builds_a_ref_and_times_it_beside_the_installed_kernel(tmp_path, monkeypatch, capsys):
     """HEAD's csrc/ compiled here (at -O0, for speed) against the package's own build: both sides load
     through IRNN_JAX_NATIVE_LIBRARY in their workers, and their values and gradients agree."""
-    (installed,) = (ROOT / "irnn_jax").glob("_rnn_kernel*.so")
+    installed = native.status().library  # the variant this CPU runs
     monkeypatch.setenv("IRNN_JAX_NATIVE_FLAGS", "-O0")
     report = kernel_ab.main(
         ["--base=HEAD", f"--candidate={installed}", "--cases=relu:2,tanh:2,lstm:2", "--rounds=1", "--repeats=1",
@@ -188,3 +188,33 @@ def test_kernel_ab_catches_a_side_that_does_not_repeat_itself(tmp_path, monkeypa
     monkeypatch.setattr(kernel_ab, "run_side", lambda *args: fake_side(a, *args[1:]))  # both sides repeat
     report = kernel_ab.compare(str(a), str(b), [("relu", 2)], rounds=3, repeats=1, rtol=1e-4, log=lambda s: None)
     assert [r["case"] for r in report["rows"]] == ["relu:2"] and len(calls) == 6
+
+
+def test_variants_takes_each_sides_best_over_rounds_and_sets_it_against_fused(monkeypatch):
+    from benchmarks import variants
+
+    times = iter([(10.0, 8.0), (12.0, 6.0), (9.0, 9.0), (11.0, 7.5)])  # (fused, native) per worker
+
+    def fake_worker(variant, recurrences, options, out):
+        fused, native_ms = next(times)
+        row = {"batch": 32, "chain_ms": 2.5}
+        return [row | {"recurrence": "fused", "step_ms": fused}, row | {"recurrence": "native", "step_ms": native_ms}]
+
+    monkeypatch.setattr(variants, "worker", fake_worker)
+    rows = variants.compare(["avx512", "avx2"], ["fused"], {}, rounds=2, log=lambda s: None)
+    by_side = {r["side"]: r for r in rows}
+    assert by_side["fused"]["step_ms"] == 9.0  # the best of every worker's fused
+    assert by_side["native (avx512)"]["step_ms"] == 8.0 and by_side["native (avx2)"]["step_ms"] == 6.0
+    assert by_side["native (avx2)"]["vs_fused"] == 1.5 and by_side["native (avx2)"]["ratio_to_3_chains"] == 0.8
+    assert "| 32 | native (avx2) | 6.00 | 0.80x | 1.50x |" in variants.format_table(rows)
+
+
+def test_variants_runs_a_real_worker(tmp_path):
+    """One worker of the variant this CPU loads, at batch 2: step_ratio's JSON comes back as rows."""
+    from benchmarks import variants
+
+    if not native.available():
+        pytest.skip(f"no native kernel here: {native.status().reason}")
+    options = dict(batch_sizes="2", steps="1", cell="irnn", repeats=1, xla_max_isa="")
+    rows = variants.worker(native.status().variant, ["fused", "native"], options, tmp_path / "w.json")
+    assert {r["recurrence"] for r in rows} == {"fused", "native"} and all(r["step_ms"] > 0 for r in rows)

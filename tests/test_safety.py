@@ -23,7 +23,7 @@ from tests.conftest import ROOT, tiny_config
 from tests.test_native import loaded_afresh
 
 HAS_COMPILER = bool(shutil.which("cc") or shutil.which("gcc"))
-INSTALLED = sorted((ROOT / "irnn_jax").glob("_rnn_kernel*.so"))
+INSTALLED = native_library.package_libraries()  # best first
 
 
 def _fake_library(tmp_path: Path, body: str, isa: str = "sse4_2,") -> Path:
@@ -64,7 +64,7 @@ def _last_session(tmp_path: Path) -> dict:
 def test_a_truncated_library_is_refused_and_auto_trains_on_the_xla_path(tmp_path):
     """A partial copy of the library: on main before the checks, dlopen died of a bus error (exit 135)."""
     cut = tmp_path / "cut.so"
-    cut.write_bytes(INSTALLED[-1].read_bytes()[:20_000])
+    cut.write_bytes(INSTALLED[0].read_bytes()[:20_000])
     done = _cli(tmp_path, "--config.recurrence=auto", env={native.LIBRARY_ENV: str(cut)})
     assert done.returncode == 0, done.stderr[-3000:]
     warnings = [line for line in done.stderr.splitlines() if "native kernel unavailable" in line]
@@ -120,11 +120,70 @@ def test_a_library_whose_self_test_fails_or_is_missing_is_refused(monkeypatch, t
 def test_the_package_library_passes_its_own_checks_and_says_what_it_was_built_for():
     if not INSTALLED:
         pytest.skip("no native kernel built here")
-    features = native_library.build_features(INSTALLED[-1])
+    loaded = Path(native.status().library)
+    features = native_library.build_features(loaded)
     assert features and native_library.variant_name(features) in ("avx512", "avx2", "x86-64", "aarch64")
-    assert native_library.truncated(INSTALLED[-1]) is None
-    assert native_library._probe(INSTALLED[-1]) is None
+    assert native_library.truncated(loaded) is None
+    assert native_library._probe(loaded) is None
     assert native.status().variant == native_library.variant_name(features)
+    # The best variant this CPU runs: no variant ranked above it passes the CPU check here.
+    above = INSTALLED[: [p.resolve() for p in INSTALLED].index(loaded.resolve())]
+    assert all("which this CPU lacks" in (native_library._try(p.resolve()).reason or "") for p in above)
+
+
+def test_every_x86_build_has_its_variants_and_the_cpu_picks_among_them(monkeypatch):
+    """setup.py builds AVX-512 and AVX2 libraries on x86-64; a CPU without AVX-512 takes the AVX2 one,
+    IRNN_JAX_NATIVE_ISA forces a variant, and one not built is refused by name."""
+    import platform
+
+    if not INSTALLED or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("no x86-64 native kernel built here")
+    assert {native_library.variant_of_file(p) for p in INSTALLED} >= {"avx512", "avx2"}
+    avx2 = next(p for p in INSTALLED if native_library.variant_of_file(p) == "avx2")
+    flags = set(native_library.build_features(avx2))
+    if not flags <= (native_library.cpu_flags() or set()):
+        pytest.skip("this CPU cannot run the AVX2 build")
+    # Chosen, not loaded: a process registers one library's kernels for good (XLA refuses a second).
+    monkeypatch.setenv(native.CPU_FLAGS_ENV, " ".join(flags))  # this CPU, less AVX-512
+    library, status = native_library.choose()
+    assert status.reason is None and status.variant == "avx2" and "_rnn_kernel_avx2" in library.name
+    monkeypatch.delenv(native.CPU_FLAGS_ENV)
+    monkeypatch.setenv(native_library.ISA_ENV, "avx2")
+    library, status = native_library.choose()
+    assert status.variant == "avx2" and "_rnn_kernel_avx2" in library.name
+    monkeypatch.setenv(native_library.ISA_ENV, "neon")
+    library, status = native_library.choose()
+    assert library is None and "IRNN_JAX_NATIVE_ISA=neon: no such variant is built here" in status.reason
+
+
+def test_auto_leaves_an_unmeasured_build_to_native_alone(monkeypatch):
+    """A build below AVX2 (or for ARM) runs when asked for, but `auto` takes the XLA path: nobody has
+    measured it against XLA."""
+    for variant in ("x86-64", "aarch64"):
+        monkeypatch.setattr(native, "_load", lambda variant=variant: native.Status(None, "/lib/k.so", variant))
+        native.check("relu", 8)  # recurrence=native would run it
+        name, why = recurrence.explain("auto", "irnn", 100, "cpu")
+        assert name == "fused" and f"{variant} build, which has not been measured" in why
+
+
+@pytest.mark.slow
+def test_each_variant_this_cpu_runs_matches_scan(tmp_path):
+    """The native kernel's tests (values and gradients against scan, the LSTM, the presets' rows) for
+    every variant but the one the rest of the suite uses, in a process of its own."""
+    others = [
+        native_library.variant_of_file(p) for p in INSTALLED[1:] if native_library._try(p.resolve()).reason is None
+    ]
+    others = [v for v in others if v != native.status().variant]
+    if not others:
+        pytest.skip("this CPU runs one variant only: the rest of the suite tests it")
+    for variant in others:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "tests/test_native.py",
+             "-k", "matches_scan or lstm or rows_of_scan"],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, native_library.ISA_ENV: variant},
+        )  # fmt: skip
+        assert done.returncode == 0, (variant, done.stdout[-3000:])
+        assert " passed" in done.stdout and "failed" not in done.stdout
 
 
 def test_the_command_line_takes_every_recurrence_value(tmp_path):
@@ -289,3 +348,14 @@ def test_the_divergence_advice_knows_whether_clipping_is_on(idx_dir):
     clipped = train.divergence_advice(tiny_config(idx_dir, clip_norm=1.0))
     assert "clipping is already on, clip_norm=1" in clipped and "set clip_norm" not in clipped
     assert "set clip_norm" in train.divergence_advice(tiny_config(idx_dir, clip_norm=0.0))
+
+
+def test_auto_takes_scan_where_the_avx2_build_measured_slower(monkeypatch):
+    monkeypatch.setattr(native, "_load", lambda: native.Status(None, "/lib/k.so", "avx2"))
+    assert recurrence.explain("auto", "irnn", 100, "cpu", batch=16)[0] == "native"
+    assert recurrence.explain("auto", "irnn", 100, "cpu", batch=None)[0] == "native"
+    name, why = recurrence.explain("auto", "irnn", 100, "cpu", batch=recurrence.AVX2_SCAN_FROM_ROWS)
+    assert name == "scan" and "slower than nn.scan" in why
+    assert recurrence.explain("auto", "lstm", 100, "cpu", batch=1024)[0] == "native"  # measured at 16 rows only
+    monkeypatch.setattr(native, "_load", lambda: native.Status(None, "/lib/k.so", "avx512"))
+    assert recurrence.explain("auto", "irnn", 100, "cpu", batch=512)[0] == "native"
