@@ -31,7 +31,27 @@ def ffi_include_dir() -> str:
     return str(Path(next(iter(spec.submodule_search_locations))) / "include")
 
 
-recipe = json.loads((Path(__file__).resolve().parent / "csrc" / "build.json").read_text())
+ROOT = Path(__file__).resolve().parent
+recipe = json.loads((ROOT / "csrc" / "build.json").read_text())
+
+
+def variant_sources(name: str) -> list[str]:
+    """One wrapper file per source and variant (build/irnn_csrc/<variant>/x.cc: #include of csrc/x.cc), so
+    that each variant's objects have paths of their own: with the sources themselves, every variant would
+    compile to the same csrc/x.o, and setuptools would link the first variant's objects into the others
+    (an AVX-512 object in the AVX2 library)."""
+    folder = Path("build") / "irnn_csrc" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for source in recipe["sources"]:
+        wrapper = folder / Path(source).name
+        text = f'#include "{(ROOT / source).as_posix()}"\n'
+        if not wrapper.is_file() or wrapper.read_text() != text:
+            wrapper.write_text(text)
+        out.append(wrapper.as_posix())
+    return out
+
+
 if os.environ.get("IRNN_JAX_NATIVE_FLAGS"):
     variants = {"custom": os.environ["IRNN_JAX_NATIVE_FLAGS"]}
 elif platform.machine().lower() in ("x86_64", "amd64"):
@@ -42,9 +62,9 @@ setup(
     ext_modules=[
         Extension(
             f"irnn_jax._rnn_kernel_{name}",
-            sources=recipe["sources"],
-            depends=recipe["depends"],
-            include_dirs=[ffi_include_dir(), *recipe["include_dirs"]],
+            sources=variant_sources(name),
+            depends=[*recipe["sources"], *recipe["depends"]],
+            include_dirs=[ffi_include_dir(), *(str(ROOT / d) for d in recipe["include_dirs"])],
             extra_compile_args=[*recipe["compile_args"], *flags.split()],
             language="c++",
             optional=True,

@@ -233,9 +233,9 @@ constexpr int row_block(int nv) { return nv < 1 ? 1 : IRNN_ROW_BLOCK; }
 // chunk_width(NV) vectors (the last one shorter) that cover a row of NV vectors; q is Q on the last
 // chunk (rows_times's quarter form: the row's last vector) and false elsewhere. With whole rows (AVX-512)
 // one call, f(NV, 0, Q).
-template <int NV, bool Q, typename F>
+template <int NV, bool Q, int MAXW = kChunkVectors, typename F>
 inline void over_chunks(F&& f) {
-  constexpr int CW = chunk_width(NV), FULL = NV / CW, REST = NV % CW;
+  constexpr int CW = MAXW < NV ? MAXW : NV, FULL = NV / CW, REST = NV % CW;
   for (int c = 0; c < FULL; ++c) {
     if (Q && REST == 0 && c == FULL - 1)
       f(std::integral_constant<int, CW>{}, c * CW, std::true_type{});
@@ -270,11 +270,23 @@ inline void over_row_blocks(int n, F&& f) {
 
 // G (K rows, stride) += A^T D over N rows: all K rows of the weight gradient, a few at a time, chunk by
 // chunk of its columns.
+#if defined(__AVX512F__)
+constexpr int kAccChunk = kChunkVectors, kAccRows = 0;
+#else
+#ifndef IRNN_ACC_CHUNK
+#define IRNN_ACC_CHUNK 1
+#endif
+#ifndef IRNN_ACC_ROWS
+#define IRNN_ACC_ROWS 4
+#endif
+constexpr int kAccChunk = IRNN_ACC_CHUNK, kAccRows = IRNN_ACC_ROWS;
+#endif
+
 template <int NV, bool Q = false>
 void accumulate(const float* A, int a_stride, int K, const float* D, int N, int stride, float* G) {
-  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+  over_chunks<NV, Q, kAccChunk>([&](auto cw, int v0, auto q) {
     constexpr int CB = decltype(cw)::value;
-    over_row_blocks<row_block(NV)>(K, [&](auto rows, int k) {
+    over_row_blocks<(kAccRows ? kAccRows : row_block(NV))>(K, [&](auto rows, int k) {
       accumulate_rows<cv(CB), decltype(rows)::value, decltype(q)::value>(A, a_stride, k, D + v0 * kLanes, N, stride,
                                                                           G + v0 * kLanes);
     });

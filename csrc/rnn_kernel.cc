@@ -39,42 +39,38 @@ inline vec times_derivative(vec h, vec g) {
   return h > splat(0.0f) ? g : splat(0.0f);
 }
 
-// One forward step for rows [i, i + RB): out = act(b + x W_in + h W_rec) (Q: rows_times's quarter form).
-// (A chunk at a time: kernels.h's over_chunks; on AVX-512 the whole row in one.)
-template <int NV, int RB, int ACT, bool Q>
+// One forward step for rows [i, i + RB) and the columns of one chunk (CB vectors from col, the pointers
+// already at col): out = act(b + x W_in + h W_rec) (Q: rows_times's quarter form). The steps below take
+// the chunks in the outer loop and the rows in the inner one, so that a chunk of the weights stays in L1
+// for every row of the batch (on AVX-512 the one chunk is the whole row, as before).
+template <int CB, int RB, int ACT, bool Q>
 inline void forward_rows(const float* h, const float* x, int C, const float* Winp, const float* Wp, const float* bp,
                          int H, int Hp, float* out) {
-  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
-    constexpr int CB = decltype(cw)::value, NCV = cv(CB);
-    constexpr bool QC = decltype(q)::value;
-    const int col = v0 * kLanes;
-    vec acc[RB][cv(CB)];
+  constexpr int NCV = cv(CB);
+  vec acc[RB][NCV];
+  #pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r)
-      #pragma GCC unroll 16
-      for (int v = 0; v < NCV; ++v) acc[r][v] = V(bp + col)[v];
-    rows_times<cv(CB), RB, QC>(x, C, Winp + col, C, Hp, acc);
-    rows_times<cv(CB), RB, QC>(h, Hp, Wp + col, H, Hp, acc);
+    for (int v = 0; v < NCV; ++v) acc[r][v] = V(bp)[v];
+  rows_times<NCV, RB, Q>(x, C, Winp, C, Hp, acc);
+  rows_times<NCV, RB, Q>(h, Hp, Wp, H, Hp, acc);
+  #pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r)
-      #pragma GCC unroll 16
-      for (int v = 0; v < NCV; ++v) V(out + static_cast<size_t>(r) * Hp + col)[v] = activate<ACT>(acc[r][v]);
-  });
+    for (int v = 0; v < NCV; ++v) V(out + static_cast<size_t>(r) * Hp)[v] = activate<ACT>(acc[r][v]);
 }
 
-// dh_out[r, :] = dz[r, :] @ W_rec^T for rows [i, i + RB) (WTp: W_rec^T padded, H x Hp).
-template <int NV, int RB, bool Q>
+// dh_out[r, chunk] = dz[r, :] @ W_rec^T[:, chunk] for rows [i, i + RB) (WTp: W_rec^T padded, H x Hp, at the
+// chunk's column).
+template <int CB, int RB, bool Q>
 inline void backprop_rows(const float* dz, const float* WTp, int H, int Hp, float* dh_out) {
-  over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
-    constexpr int CB = decltype(cw)::value, NCV = cv(CB);
-    const int col = v0 * kLanes;
-    vec acc[RB][cv(CB)] = {};
-    rows_times<cv(CB), RB, decltype(q)::value>(dz, Hp, WTp + col, H, Hp, acc);
+  constexpr int NCV = cv(CB);
+  vec acc[RB][NCV] = {};
+  rows_times<NCV, RB, Q>(dz, Hp, WTp, H, Hp, acc);
+  #pragma GCC unroll 16
+  for (int r = 0; r < RB; ++r)
     #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r)
-      #pragma GCC unroll 16
-      for (int v = 0; v < NCV; ++v) V(dh_out + static_cast<size_t>(r) * Hp + col)[v] = acc[r][v];
-  });
+    for (int v = 0; v < NCV; ++v) V(dh_out + static_cast<size_t>(r) * Hp)[v] = acc[r][v];
 }
 
 template <int NV, int ACT, bool Q>
@@ -93,9 +89,12 @@ void forward(int T, int B, int C, int H, const float* x, const float* w_in, cons
   for (int t = 0; t < T; ++t) {
     float* out = (t + 1 < T && states) ? states + (t + 1) * slab : (h == ping.get() ? pong.get() : ping.get());
     const float* xt = x + static_cast<size_t>(t) * B * C;
-    over_row_blocks<RB>(B, [&](auto rows, int i) {
-      forward_rows<NV, decltype(rows)::value, ACT, Q>(h + i * Hp, xt + i * C, C, Winp.get(), Wp.get(), bp.get(), H, Hp,
-                                                  out + i * Hp);
+    over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+      const int col = v0 * kLanes;
+      over_row_blocks<RB>(B, [&](auto rows, int i) {
+        forward_rows<decltype(cw)::value, decltype(rows)::value, ACT, decltype(q)::value>(
+            h + i * Hp, xt + i * C, C, Winp.get() + col, Wp.get() + col, bp.get() + col, H, Hp, out + i * Hp + col);
+      });
     });
     h = out;
   }
@@ -125,8 +124,12 @@ void backward(int T, int B, int C, int H, const float* x, const float* states, c
       float* dz_t = dz.get() + (t - t0) * slab;
       for (size_t n = 0; n < slab / kVL; ++n) V(dz_t)[n] = times_derivative<ACT>(V(h_out)[n], V(dh.get())[n]);
       if (t == 0) break;  // dh_0 is unused: h_0 is a constant
-      over_row_blocks<RB>(B, [&](auto rows, int i) {
-        backprop_rows<NV, decltype(rows)::value, Q>(dz_t + i * Hp, WT.get(), H, Hp, dh_next.get() + i * Hp);
+      over_chunks<NV, Q>([&](auto cw, int v0, auto q) {
+        const int col = v0 * kLanes;
+        over_row_blocks<RB>(B, [&](auto rows, int i) {
+          backprop_rows<decltype(cw)::value, decltype(rows)::value, decltype(q)::value>(
+              dz_t + i * Hp, WT.get() + col, H, Hp, dh_next.get() + i * Hp + col);
+        });
       });
       std::swap(dh, dh_next);
     }

@@ -1,11 +1,13 @@
 """Recurrence "native": the recurrent loops as native CPU kernels (XLA FFI), simple RNN and LSTM.
 
 `csrc/rnn_kernel.cc` (the simple RNN) and `csrc/lstm_kernel.cc` (the Keras LSTM), compiled by the
-package's own build (`setup.py`, when `pip install` runs) into `irnn_jax/_rnn_kernel*.so`, hold two
+package's own build (`setup.py`, when `pip install` runs; one library per instruction set,
+`irnn_jax/_rnn_kernel_<variant>*.so`, the one this CPU runs chosen by `native_library`), hold two
 handlers each: the forward loop over T steps, keeping what the backward needs, and the backward loop
 with the weight gradients summed in blocks of rows while they are in cache. Each is one XLA custom
 call per training step, so none of XLA's per-step loop work is paid; each step's product with the
-recurrent kernel runs in a register-blocked micro-kernel on 16-float vectors (`csrc/kernels.h`). The
+recurrent kernel runs in a register-blocked micro-kernel (16-float vectors on AVX-512, 8 on AVX2;
+`csrc/kernels.h`). The
 arithmetic is recurrence "fused"'s (`irnn_jax/recurrence.py`, `irnn_jax/lstm.py`), summed in another
 order: equal to "scan" to float32 rounding, values and gradients (`tests/test_native.py`).
 

@@ -52,9 +52,10 @@ def supports(recurrence: str, cell: str) -> bool:
     return recurrence != "pallas" or cell != "lstm"
 
 
-# On the AVX2 build the simple RNN's native training step at 512 rows a device ran slower than nn.scan's
-# XLA loop (batch 1024 on 2 devices: 317 ms against 282, XLA held to AVX2; docs/performance.md), where
-# at 64 and 16 rows it ran faster than both XLA paths: from this many rows a device, auto takes "scan" there.
+# On the AVX2 build the simple RNN's native training step at 512 rows a device ran no faster than nn.scan's
+# XLA loop (batch 1024 on 2 devices: 342 ms against 338 with XLA held to AVX2, 337 against 308 with it
+# not; docs/performance.md), where at 64 and 16 rows it ran 1.2x faster than both XLA paths: from this
+# many rows a device, auto takes "scan" there.
 AVX2_SCAN_FROM_ROWS = 512
 
 
