@@ -48,7 +48,7 @@ def runnable_variants() -> list[str]:
 
     out = []
     for library in native_library.package_libraries():
-        if native_library._try(library.resolve()).reason is None:
+        if native_library.try_library(library.resolve()).reason is None:
             out.append(native_library.variant_of_file(library))
     return out
 

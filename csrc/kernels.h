@@ -46,7 +46,6 @@ constexpr int cv(int nv) { return nv * kSub; }
 // sharing each load of the weights.
 #if defined(__AVX512F__)
 constexpr int kChunkVectors = 8;  // a whole row
-constexpr const char* kBlocking = "avx512: whole rows";
 #else
 #ifndef IRNN_CHUNK_VECTORS
 #define IRNN_CHUNK_VECTORS 1
@@ -55,7 +54,6 @@ constexpr const char* kBlocking = "avx512: whole rows";
 #define IRNN_ROW_BLOCK 4
 #endif
 constexpr int kChunkVectors = IRNN_CHUNK_VECTORS;  // 16 floats: two ymm accumulators a row
-constexpr const char* kBlocking = "avx2: chunks of 16 floats";
 #endif
 
 // The vectors of a row that one micro-kernel call takes: the whole row, or a chunk of it.
@@ -181,7 +179,7 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
     #pragma GCC unroll 16
     for (int v = 0; v < NF; ++v) {
       vec mv = m[v];
-#if defined(__AVX512F__) || defined(IRNN_ONE_LOAD)
+#if defined(__AVX512F__)
       // One load of M's vector for the RB rows. Without this GCC folds the load into each row's FMA,
       // RB loads of the same vector, and the micro-kernel waits on loads, not FMAs: the LSTM's
       // value_and_grad at batch 16 took 1.11 to 1.16x as long (docs/performance.md).
@@ -226,7 +224,7 @@ inline void accumulate_rows(const float* A, int a_stride, int k, const float* D,
 #if defined(__AVX512F__)
 constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
 #else
-constexpr int row_block(int nv) { return nv < 1 ? 1 : IRNN_ROW_BLOCK; }
+constexpr int row_block(int) { return IRNN_ROW_BLOCK; }
 #endif
 
 // f(std::integral_constant<int, CB>{}, v0, std::bool_constant<q>{}) for the chunks [v0, v0 + CB) of

@@ -309,7 +309,8 @@ def write_report(runs: list[Run], out: Path) -> str:
     for g in groups:
         sections.setdefault(section_of(g), []).append(g)
     order = sorted(sections, key=lambda k: list(SECTION_TITLES).index(k) if k in SECTION_TITLES else 99)
-    md = PAGE_HEAD + "\n## Headline\n\n" + headline(groups, out, image_dir="") + "\n## Contents\n\n"
+    report_headline.plot_headline(groups, out / "headline.png")
+    md = PAGE_HEAD + "\n## Headline\n\n" + headline(groups, image_dir="") + "\n## Contents\n\n"
     md += "".join(f"- [{SECTION_TITLES.get(k, k)}](#{_anchor(SECTION_TITLES.get(k, k))})\n" for k in order)
     md += "- [Presets not yet run](#presets-not-yet-run)\n"
     for key in order:
@@ -351,9 +352,9 @@ def _anchor(title: str) -> str:
     return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
 
 
-def headline(groups: list[Group], out: Path, image_dir: str) -> str:
-    """The headline: the table of claims (`report_headline`) and its plot, written to OUT/headline.png and
-    linked as IMAGE_DIR/headline.png."""
+def headline(groups: list[Group], image_dir: str) -> str:
+    """The headline: the table of claims (`report_headline`) and its plot (`write_report` draws it to
+    headline.png), linked as IMAGE_DIR/headline.png where its runs exist."""
     md = (
         "Each claim of the sources beside this project's figure: the final test accuracy (the adding problem: "
         "test MSE) of the preset named, mean ± std over seeds (min to max); a figure from fewer than 3 seeds "
@@ -362,7 +363,7 @@ def headline(groups: list[Group], out: Path, image_dir: str) -> str:
         "`python -m experiments.report` from the run logs under `docs/results/runs/`.\n\n"
     )
     md += report_headline.headline_table(groups)
-    if report_headline.plot_headline(groups, out / "headline.png"):
+    if report_headline.plot_runs(groups):
         md += (
             "\nTest accuracy over training: S0's 900 epochs (one seed) and irnn_fast's three seeds in each pixel "
             "order (mean, band from min to max), with the sources' figures.\n\n"
@@ -441,16 +442,11 @@ def fields_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_blocks(runs: list[Run] | None = None, out: Path | None = None) -> dict[str, str]:
+def readme_blocks(runs: list[Run] | None = None) -> dict[str, str]:
     """The README's generated blocks: the preset table and the headline of `runs` (default: every
-    committed run), whose plot goes to OUT/headline.png (default: a scratch folder)."""
+    committed run; its plot is docs/results/headline.png, drawn by `write_report`)."""
     runs = load_all() if runs is None else runs
-    if out is None:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as scratch:
-            return readme_blocks(runs, Path(scratch))
-    return {"presets": preset_table(), "headline": headline(group_runs(runs), out, image_dir="docs/results/")}
+    return {"presets": preset_table(), "headline": headline(group_runs(runs), image_dir="docs/results/")}
 
 
 def docs_blocks() -> dict[str, str]:
@@ -492,7 +488,7 @@ def main(argv):
         md = write_report(runs, Path(_OUT.value))
         if _README.value:
             readme = Path(_README.value)
-            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(runs, Path(_OUT.value))))
+            readme.write_text(rewrite_blocks(readme.read_text(), readme_blocks(runs)))
             RUNNING_MD.write_text(rewrite_blocks(RUNNING_MD.read_text(), docs_blocks()))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -230,16 +230,10 @@ def verified_embedded(folder: Path) -> dict[str, bytes]:
         if actual != expected:
             raise DataError(
                 f"the embedded copy's file {path} is damaged: its SHA-256 is {actual}, but "
-                f"{sums}:{number} records {expected}. It was not used. Restore it "
-                f"(`git checkout -- {path.name}` in a clone, or reinstall irnn-jax), or pass --config.data_dir=DIR."
+                f"{sums}:{number} records {expected}. It was not used: {_restore_hint(folder, file_name)}."
             )
         files[file_name] = raw
     return files
-
-
-def verify_embedded(folder: Path) -> None:
-    """Checks every file that FOLDER/SHA256SUMS lists; DataError naming the first that differs."""
-    verified_embedded(folder)
 
 
 def load_embedded(name: str) -> Dataset:

@@ -149,7 +149,7 @@ def _probe(library: Path) -> str | None:
     return f"its self-test failed (check {code}: its results differ from plain loops)"
 
 
-def _try(library: Path) -> Status:
+def try_library(library: Path) -> Status:
     """Status of one library file: its features against this CPU's, then its self-test in a child."""
     fix = (
         f"unset {LIBRARY_ENV} to use the package's own kernel"
@@ -184,7 +184,7 @@ def _try(library: Path) -> Status:
 
 @functools.cache
 def _load() -> Status:
-    """Registers the kernels' FFI targets (TARGETS) from a library that passed its checks (`_try`).
+    """Registers the kernels' FFI targets (TARGETS) from a library that passed its checks (`try_library`).
 
     The library is the best of the package's builds (irnn_jax/_rnn_kernel_<variant>*.so: AVX-512, then
     AVX2) that passes its checks here, or the variant IRNN_JAX_NATIVE_ISA names, or the file that
@@ -250,7 +250,7 @@ def choose() -> tuple[Path | None, Status]:
         )
     reasons = []
     for library in found:  # best first: the first that passes its checks here
-        status = _try(library.resolve())
+        status = try_library(library.resolve())
         if status.reason is None:
             return library.resolve(), status
         reasons.append(status.reason)

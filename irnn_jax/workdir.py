@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from irnn_jax import native, recurrence
+from irnn_jax import native, parallel, recurrence
 
 LOCK_NAME = ".lock"
 RUN_JSON = "run.json"
@@ -158,8 +158,10 @@ def experiment_of(config) -> str:
 def resolved_recurrence(config) -> dict:
     """The recurrence this session runs (config.recurrence "auto" resolves per machine), why, and for
     "native" the variant of the kernel library that runs it ("avx512", "avx2", ...)."""
-    n = jax.device_count()
-    rows = config.batch_size if config.get("sweep") or config.batch_size % n else config.batch_size // n
+    # The rows a device runs: the batch split over the devices as the training step splits it (a sweep's
+    # runs keep their batches whole).
+    split = not config.get("sweep") and parallel.split_batch_mesh(parallel.make_mesh(), config.batch_size)
+    rows = config.batch_size // jax.device_count() if split else config.batch_size
     name, why = recurrence.explain(config.recurrence, config.cell, config.hidden_size, batch=rows)
     out = {"recurrence": name, "recurrence_why": why}
     if name == "native":

@@ -128,7 +128,7 @@ def test_the_package_library_passes_its_own_checks_and_says_what_it_was_built_fo
     assert native.status().variant == native_library.variant_name(features)
     # The best variant this CPU runs: no variant ranked above it passes the CPU check here.
     above = INSTALLED[: [p.resolve() for p in INSTALLED].index(loaded.resolve())]
-    assert all("which this CPU lacks" in (native_library._try(p.resolve()).reason or "") for p in above)
+    assert all("which this CPU lacks" in (native_library.try_library(p.resolve()).reason or "") for p in above)
 
 
 def test_every_x86_build_has_its_variants_and_the_cpu_picks_among_them(monkeypatch):
@@ -175,7 +175,7 @@ def test_each_variant_this_cpu_runs_matches_scan(tmp_path):
     """The native kernel's tests (values and gradients against scan, the LSTM, the presets' rows) for
     every variant but the one the rest of the suite uses, in a process of its own."""
     others = [
-        native_library.variant_of_file(p) for p in INSTALLED[1:] if native_library._try(p.resolve()).reason is None
+        native_library.variant_of_file(p) for p in INSTALLED if native_library.try_library(p.resolve()).reason is None
     ]
     others = [v for v in others if v != native.status().variant]
     if not others:
