@@ -27,7 +27,7 @@ from pathlib import Path
 
 from absl import app, flags
 
-from benchmarks.frameworks import INPUTS, SEQ_LEN, _cores
+from benchmarks.frameworks import INPUTS, SEQ_LEN, _cores, flop_per_sample  # noqa: F401 (flop_per_sample: for callers)
 from benchmarks.machine import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,13 +36,6 @@ REQUIREMENTS = {"jax": ("jax", "flax"), "keras": ("keras", "tensorflow"), "torch
 # The workload's arithmetic (the project brief's physical figures): forward 784 x (2x100x100 + 2x100)
 # FLOP per sample, and the backward pass twice the forward.
 FLOP_NOTE = "forward + backward = 3 x forward: 784 x (2x100x100 + 2x100) x 3"
-
-
-def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS, cell: str = "irnn") -> int:
-    """Forward + backward FLOP of one sequence through the recurrence's matmuls (the dense head and
-    the elementwise work are left out); an LSTM's kernels are 4 gates wide."""
-    gates = 4 if cell == "lstm" else 1
-    return 3 * seq_len * gates * (2 * hidden * hidden + 2 * hidden * inputs)
 
 
 @dataclasses.dataclass

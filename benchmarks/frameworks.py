@@ -18,6 +18,13 @@ import numpy as np
 SEQ_LEN, INPUTS, CLASSES = 784, 1, 10
 
 
+def flop_per_sample(hidden: int, seq_len: int = SEQ_LEN, inputs: int = INPUTS, cell: str = "irnn") -> int:
+    """Forward + backward FLOP of one sequence through the recurrence's matmuls (the dense head and
+    the elementwise work are left out); an LSTM's kernels are 4 gates wide."""
+    gates = 4 if cell == "lstm" else 1
+    return 3 * seq_len * gates * (2 * hidden * hidden + 2 * hidden * inputs)
+
+
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 

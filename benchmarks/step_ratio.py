@@ -24,12 +24,12 @@ are measured in alternation (one repetition of each, then the next), each the be
 
 import json
 import os
-import time
 
 from absl import app, flags
 
 from benchmarks import chains
 from benchmarks.machine import cpu_model
+from benchmarks.timing import best_ms, train_fn
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", "32,256", "Global batch sizes to time.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 0, "As the command line's --cpu_devices (0: one per core).")
@@ -85,38 +85,6 @@ def chain_everywhere_fn(batch: int, hidden: int, cell: str = "irnn"):
         jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(None, "d")), out_specs=P("d"), check_vma=False)
     )
     return lambda: chain(*args)
-
-
-def train_fn(batch: int, steps: int, recurrence: str, cell: str = "irnn"):
-    """A zero-argument call running `steps` training steps as the command line does (the keras preset;
-    the LSTM: budget_lstm); and the devices."""
-
-    from benchmarks.frameworks import synthetic_batch
-    from experiments.configs import pixel_mnist
-    from irnn_jax import data, loop
-
-    config = pixel_mnist.get_config("budget_lstm" if cell == "lstm" else "keras")
-    config.batch_size, config.recurrence = batch, recurrence
-    split = data.Split(*synthetic_batch(batch))  # a training set of one batch: each step takes all of it
-    s = loop.setup(config, dataset=data.Dataset("synthetic", split, split, source="synthetic"))
-    idx, mask = s.train_indices(0, steps)
-    holder = [s.state]
-
-    def call():
-        holder[0] = s.chunk_fn(holder[0], s.train_data, idx, mask)  # the state is donated: keep the newest
-        return holder[0]
-
-    return call, s.mesh.size, config.hidden_size
-
-
-def best_ms(call, calls: int = 1) -> float:
-    import jax
-
-    start = time.perf_counter()
-    for _ in range(calls):
-        out = call()
-    jax.block_until_ready(out)
-    return 1e3 * (time.perf_counter() - start) / calls
 
 
 def measure(

@@ -100,7 +100,26 @@ def load_runs(workdir: Path) -> list[Run]:
             )
     if not runs:
         raise ValueError(f"{workdir} has no evaluations in metrics.jsonl yet")
+    for run in runs:
+        run.preset = adopted_preset(run)
     return runs
+
+
+# Presets a search candidate became: a run made under another preset whose settings are exactly one of
+# these counts as its run (the command on the page stays the one that ran).
+ADOPTED_FROM_SEARCH = ("irnn_tuned", "irnn_tuned_permuted")
+
+
+def adopted_preset(run: Run) -> str:
+    """The preset a run counts for: its own, or the one of ADOPTED_FROM_SEARCH whose settings it ran
+    exactly (bookkeeping and the seed aside), when it ran as an irnn_fast candidate before that preset
+    existed."""
+    if run.experiment != "pixel_mnist" or not run.preset.startswith("irnn_fast"):
+        return run.preset
+    for preset in ADOPTED_FROM_SEARCH:
+        if preset in pixel_mnist.PRESETS and not overrides(dataclasses.replace(run, preset=preset)):
+            return preset
+    return run.preset
 
 
 def overrides(run: Run, with_recurrence: bool = False) -> dict:
@@ -299,7 +318,7 @@ def group_runs(runs: list[Run]) -> list[Group]:
     return list(groups.values())
 
 
-IRNN_FAST_PRESETS = tuple(p for p in pixel_mnist.PRESETS if p.startswith("irnn_fast"))
+IRNN_FAST_PRESETS = tuple(p for p in pixel_mnist.PRESETS if p.startswith(("irnn_fast", "irnn_tuned")))
 
 
 def section_of(group: Group) -> str:
@@ -307,6 +326,8 @@ def section_of(group: Group) -> str:
     first = group.first
     if first.superseded or "[run before" in group.label:
         return "record"  # kept for the record: code or presets that no longer stand
+    if first.name.startswith("search2_"):
+        return "search2"  # the second search (batch 128): screens and full-length candidates, seed 0 first
     if first.name.startswith("search_") or (first.preset in IRNN_FAST_PRESETS and overrides(first)):
         return "search"  # every candidate of the irnn_fast recipe, beside the presets as they stand
     if first.experiment == "row_mnist" and first.preset == "tanh50_dense30_as_logged":

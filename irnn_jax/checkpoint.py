@@ -49,6 +49,10 @@ ADDED_FIELDS = {
     "update_clip_norm": 0.0,
     "ema_decay": 0.0,
     "skip_spike_factor": 0.0,
+    "grad_chunk_rows": 0,  # the whole share of the batch differentiated at once
+    "lr_step_epochs": [100],  # only read by the step schedule, which came with them
+    "lr_step_factor": 0.1,
+    "unroll": 1,
 }
 
 # Fields that may change between a run and its resumption without making the
@@ -64,6 +68,8 @@ RESUMABLE_FIELDS = frozenset(
         "checkpoint_every_seconds",
         "steps_per_call",
         "recurrence",
+        "grad_chunk_rows",  # the same gradient, summed in another order
+        "unroll",  # the same loop, more steps an iteration
         "max_checkpoints_to_keep",
         "eval_batch_size",
         "data_dir",

@@ -56,9 +56,21 @@ def validate_config(config) -> None:
             native.check(recurrence.NATIVE_CELLS[c.cell], c.hidden_size, platform)
         except native.NativeUnavailable as e:
             need(False, str(e))
+    need_int("grad_chunk_rows", -1, " (-1: auto, 0: the whole batch at once)")
+    need_int("unroll", 1)
     need(c.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {c.optimizer!r}")
     need(c.lr_schedule in optim.SCHEDULES, f"lr_schedule must be one of {optim.SCHEDULES}, got {c.lr_schedule!r}")
     need_int("warmup_steps", 0)
+    if c.lr_schedule == "step":
+        epochs = tuple(c.lr_step_epochs)
+        need(
+            bool(epochs) and all(isinstance(e, int) and e >= 1 for e in epochs) and list(epochs) == sorted(set(epochs)),
+            f"lr_step_epochs must be rising integers >= 1 (epochs after which the rate drops), got {epochs!r}",
+        )
+        need(
+            math.isfinite(c.lr_step_factor) and 0 < c.lr_step_factor < 1,
+            f"lr_step_factor must be in (0, 1) (the rate is multiplied by it), got {c.lr_step_factor!r}",
+        )
     need(
         math.isfinite(c.input_std) and c.input_std > 0 and math.isfinite(c.input_mean),
         f"input_std must be > 0 and input_mean finite, got {c.input_std!r}, {c.input_mean!r}",

@@ -81,7 +81,9 @@ def compile_steps(config, apply_fn, mesh, is_sweep: bool, num_runs: int = 1):
     loss_fn = train.make_loss_fn(config)
     train_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.batch_size)
     eval_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.eval_batch_size)
-    chunk = functools.partial(train.train_chunk, loss_fn=loss_fn, mesh=train_mesh)
+    rows = config.batch_size // train_mesh.size if train_mesh is not None else config.batch_size
+    chunk_rows = train.resolve_chunk_rows(config, rows, mesh.devices.flat[0].platform)
+    chunk = functools.partial(train.train_chunk, loss_fn=loss_fn, mesh=train_mesh, chunk_rows=chunk_rows)
     evaluate = functools.partial(train.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)
     if is_sweep:  # one more leading axis: runs (state, indices), shared data
         on_cpu = mesh.devices.flat[0].platform == "cpu"
@@ -111,10 +113,11 @@ def setup(config, dataset: data.Dataset | None = None) -> Setup:
     config_check.check_split(config, dataset)
     dataset = input_pipeline.hold_out(dataset, config.validation_size, config.validation_seed)
     num_steps = train.total_steps(config, len(dataset.train))
+    per_epoch = input_pipeline.steps_per_epoch(len(dataset.train), config.batch_size)
     if is_sweep:
-        state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps))
+        state = sweep_lib.create_state(run_configs, lambda c: train.create_state(c, num_steps, per_epoch))
     else:
-        state = train.create_state(config, num_steps)
+        state = train.create_state(config, num_steps, per_epoch)
     mesh = parallel.make_mesh()
     state = parallel.put_state(state, mesh, is_sweep)
     chunk_fn, eval_fn, reset_fn = compile_steps(config, state.apply_fn, mesh, is_sweep, len(runs))

@@ -179,6 +179,7 @@ class SequenceClassifier(nn.Module):
     head_sizes: Sequence[int] = ()
     head_activation: str = "sigmoid"
     recurrence: str = "scan"  # "scan" (nn.scan, the reference), "fused", "pallas", "native" or "auto" (recurrence.py)
+    unroll: int = 1  # time steps per loop iteration of "scan" (nn.scan) and the simple RNN's "fused" loops
 
     @nn.compact
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
@@ -187,7 +188,9 @@ class SequenceClassifier(nn.Module):
             raise ValueError(f"recurrence {self.recurrence!r} cannot run cell {self.cell!r} (recurrence.supports)")
         rec = recurrence_lib.resolve(self.recurrence, self.cell, self.hidden_size, batch=x_BxTxC.shape[0])
         if rec == "scan":
-            scan = nn.scan(cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1)
+            scan = nn.scan(
+                cell_cls, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, unroll=self.unroll
+            )
             carry = cell_cls.initial_carry(x_BxTxC.shape[0], self.hidden_size)
             carry, _ = scan(**kwargs)(carry, x_BxTxC)
             y = cell_cls.output(carry)
@@ -196,7 +199,8 @@ class SequenceClassifier(nn.Module):
             y = lstm_lib.final_state(rec, params, x_BxTxC)
         else:
             params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
-            y = recurrence_lib.final_state(rec, params, x_BxTxC, kwargs["activation"])
+            unroll = {"unroll": self.unroll} if rec == "fused" else {}
+            y = recurrence_lib.final_state(rec, params, x_BxTxC, kwargs["activation"], **unroll)
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)

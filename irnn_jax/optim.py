@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "step")
 
 
 class KerasAdamState(NamedTuple):
@@ -174,11 +174,31 @@ def _factory(name: str):
     return make
 
 
-def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
-    """step -> multiplier of the learning rate: 1 (constant), or a linear warm-up from 0 over
-    `warmup_steps` then a cosine from 1 to 0 at `total_steps` (cosine)."""
+def step_decay(warmup_steps: int, boundaries: tuple[int, ...], factor: float):
+    """step -> a linear warm-up from 0 over `warmup_steps`, then 1, times `factor` once for each of
+    `boundaries` (optimiser steps) the step has reached: a step decay."""
+    bounds = jnp.asarray(sorted(boundaries), jnp.int32)
+
+    def schedule(count):
+        warm = jnp.minimum(1.0, (count + 0.0) / warmup_steps) if warmup_steps > 0 else 1.0
+        passed = jnp.sum(count >= bounds)
+        return warm * jnp.asarray(factor, jnp.float32) ** passed
+
+    return schedule
+
+
+def schedule_factor(
+    schedule: str, total_steps: int, warmup_steps: int = 0, step_boundaries: tuple[int, ...] = (), step_factor=1.0
+):
+    """step -> multiplier of the learning rate: 1 (constant); a linear warm-up from 0 over
+    `warmup_steps` then a cosine from 1 to 0 at `total_steps` (cosine); or the warm-up, then 1 times
+    `step_factor` at each of `step_boundaries` (step)."""
     if schedule == "constant":
         return None
+    if schedule == "step":
+        if not step_boundaries:
+            raise ValueError("a step schedule needs the steps at which the rate drops")
+        return step_decay(warmup_steps, tuple(step_boundaries), step_factor)
     if schedule != "cosine":
         raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
     if total_steps < 1:
@@ -189,11 +209,12 @@ def schedule_factor(schedule: str, total_steps: int, warmup_steps: int = 0):
 def make_optimizer(
     name: str, learning_rate: float, clip_norm: float, schedule: str = "constant", total_steps: int = 0,
     warmup_steps: int = 0, recurrent_lr_scale: float = 1.0, update_clip_norm: float = 0.0, ema_decay: float = 0.0,
-    skip_spike_factor: float = 0.0,
+    skip_spike_factor: float = 0.0, step_boundaries: tuple[int, ...] = (), step_factor: float = 1.0,
 ) -> optax.GradientTransformation:  # fmt: skip
     """Global-norm clipping of the gradient (off when clip_norm is 0), then the Keras-exact optimiser.
 
-    A non-constant `schedule` multiplies the update by its factor at each step; the learning
+    A non-constant `schedule` multiplies the update by its factor at each step (`schedule_factor`;
+    "step" drops it by `step_factor` at each of `step_boundaries`); the learning
     rate stays an injected hyperparameter, so sweep runs share the schedule's shape.
     `recurrent_lr_scale` != 1 multiplies the recurrent kernels' updates by it (their own learning
     rate); `update_clip_norm` > 0 clips the global norm of the update itself, after the optimiser's
@@ -203,7 +224,7 @@ def make_optimizer(
     without them is as it always was (and their checkpoints restore)."""
     opt = optax.inject_hyperparams(_factory(name))(learning_rate=learning_rate, clip_norm=clip_norm)
     chain = [opt]
-    factor = schedule_factor(schedule, total_steps, warmup_steps)
+    factor = schedule_factor(schedule, total_steps, warmup_steps, step_boundaries, step_factor)
     if factor is not None:
         chain.append(optax.scale_by_schedule(factor))
     if recurrent_lr_scale != 1.0:

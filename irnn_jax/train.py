@@ -13,6 +13,7 @@ from flax.training import train_state
 
 from irnn_jax import input_pipeline, optim, parallel
 from irnn_jax import model as model_lib
+from irnn_jax import recurrence as recurrence_lib
 
 OPTIMIZERS = optim.OPTIMIZERS
 SUM_KEYS = ("loss", "correct", "count", "grad_norm", "steps", "nonfinite")
@@ -52,24 +53,34 @@ def build_model(config) -> model_lib.SequenceClassifier:
         head_sizes=tuple(config.head_sizes),
         head_activation=config.head_activation,
         recurrence=config.recurrence,
+        unroll=config.get("unroll", 1),
     )
 
 
-def create_state(config, num_steps: int = 0) -> TrainState:
-    """Initial parameters (from `config.seed`) and optimiser state; `num_steps`: the run's
-    length, which a learning-rate schedule other than constant needs."""
+def create_state(config, num_steps: int = 0, steps_per_epoch: int = 0) -> TrainState:
+    """Initial parameters (from `config.seed`) and optimiser state; `num_steps`: the run's length,
+    which a learning-rate schedule other than constant needs; `steps_per_epoch`: what the step
+    schedule's epochs are in steps."""
     model = build_model(config)
     steps, width = input_pipeline.task_info(config).sequence_shape
     params = model.init(jax.random.key(config.seed), jnp.zeros((1, steps, width), jnp.float32))["params"]
-    tx = make_optimizer(config, num_steps)
+    tx = make_optimizer(config, num_steps, steps_per_epoch)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, sums=zero_sums())
 
 
-def make_optimizer(config, num_steps: int = 0):
-    """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule."""
+def make_optimizer(config, num_steps: int = 0, steps_per_epoch: int = 0):
+    """`optim.make_optimizer` for a config's optimizer, learning rate, clipping and schedule (the step
+    schedule's lr_step_epochs become optimiser steps through `steps_per_epoch`)."""
+    boundaries, factor = (), 1.0
+    if config.lr_schedule == "step":
+        if steps_per_epoch < 1:
+            raise ValueError("the step schedule needs the steps in an epoch")
+        boundaries = tuple(int(e) * steps_per_epoch for e in config.lr_step_epochs)
+        factor = config.lr_step_factor
     return optim.make_optimizer(
         config.optimizer, config.learning_rate, config.clip_norm, config.lr_schedule, num_steps, config.warmup_steps,
         config.recurrent_lr_scale, config.update_clip_norm, config.ema_decay, config.skip_spike_factor,
+        boundaries, factor,
     )  # fmt: skip
 
 
@@ -109,7 +120,69 @@ def make_loss_fn(config):
     return loss_fn
 
 
-def batch_gradients(params, apply_fn, batch: dict, loss_fn, mesh=None):
+def _split_rows(batch: dict, parts: int) -> dict:
+    """The batch as `parts` chunks of equal rows (a leading axis), padded with masked rows to divide."""
+    rows = batch["mask"].shape[0]
+    per = -(-rows // parts)
+    pad = parts * per - rows
+
+    def split(a):
+        if pad:
+            a = jnp.concatenate([a, jnp.zeros((pad, *a.shape[1:]), a.dtype)])
+        return a.reshape(parts, per, *a.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+AUTO_CHUNK_ROWS = 32  # grad_chunk_rows "auto" (-1) with the native kernels: docs/performance.md
+
+
+def resolve_chunk_rows(config, rows: int, platform: str | None = None) -> int:
+    """The rows a device differentiates at once for config.grad_chunk_rows, `rows` being its share of
+    the batch: the value itself, or for -1 (auto) AUTO_CHUNK_ROWS where the recurrence that then runs
+    is "native" (its kernels keep a (T, rows, H) array of states for the backward: past a few dozen
+    rows it leaves the caches, and a batch of 1024 ran 2.1x slower than in chunks of 32) and 0 (off)
+    for the XLA recurrences, which block their backward themselves, and on GPU."""
+    value = config.get("grad_chunk_rows", 0)
+    if value != -1:
+        return value
+    if (platform or jax.default_backend()) != "cpu":
+        return 0
+    ran = recurrence_lib.resolve(
+        config.recurrence, config.cell, config.hidden_size, platform, batch=min(rows, AUTO_CHUNK_ROWS)
+    )
+    return AUTO_CHUNK_ROWS if ran == "native" else 0
+
+
+def row_chunks(rows: int, chunk_rows: int) -> int:
+    """How many chunks a share of `rows` rows is differentiated in: 1 unless chunk_rows > 0 and the
+    share is larger; then as few as hold at most chunk_rows rows each."""
+    return 1 if chunk_rows <= 0 or rows <= chunk_rows else -(-rows // chunk_rows)
+
+
+def chunked_value_and_grad(loss_fn, params, apply_fn, batch: dict, total_count, chunk_rows: int):
+    """`jax.value_and_grad(loss_fn)` of the batch, the rows differentiated `chunk_rows` at a time
+    (`row_chunks`) and the chunks' gradients summed in a loop: the gradient of the same mean (each
+    chunk's loss sum divided by the whole batch's count), to float32 rounding. Each chunk's forward
+    keeps only its own rows' states for its backward, so a large batch works in the memory, and at
+    the per-row speed, of a small one."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    parts = row_chunks(batch["mask"].shape[0], chunk_rows)
+    if parts == 1:
+        return grad_fn(params, apply_fn, batch, total_count)
+    if total_count is None:
+        total_count = batch["mask"].sum()
+
+    def body(acc, chunk):
+        (_, aux), grads = grad_fn(params, apply_fn, chunk, total_count)
+        return jax.tree.map(jnp.add, acc, (aux, grads)), None
+
+    zeros = (tuple(jnp.zeros((), jnp.float32) for _ in range(3)), jax.tree.map(jnp.zeros_like, params))
+    (aux, grads), _ = jax.lax.scan(body, zeros, _split_rows(batch, parts))
+    return (aux[0] / jnp.maximum(total_count, 1.0), aux), grads
+
+
+def batch_gradients(params, apply_fn, batch: dict, loss_fn, mesh=None, chunk_rows: int = 0):
     """((mean loss, (loss sum, correct, count)), gradients of the mean loss) over the batch.
 
     With a `mesh` (a single run whose batch axis is split over the mesh's devices), each device
@@ -118,12 +191,12 @@ def batch_gradients(params, apply_fn, batch: dict, loss_fn, mesh=None):
     partitioner, the same jitted step all-reduced the scan's weight-gradient accumulator at every
     one of the 784 time steps and ran 2x slower on 2 devices than on one.
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if mesh is None:
-        return grad_fn(params, apply_fn, batch)
+        return chunked_value_and_grad(loss_fn, params, apply_fn, batch, None, chunk_rows)
 
     def share(params, batch):  # this device's part of the batch, divided by the whole batch's count
-        return grad_fn(params, apply_fn, batch, jax.lax.psum(batch["mask"].sum(), parallel.AXIS))
+        total = jax.lax.psum(batch["mask"].sum(), parallel.AXIS)
+        return chunked_value_and_grad(loss_fn, params, apply_fn, batch, total, chunk_rows)
 
     return parallel.sum_over_batch_shards(share, mesh)(params, batch)
 
@@ -134,14 +207,16 @@ def reset_sums(state: TrainState) -> TrainState:
     return state.replace(sums={k: v if k == "nonfinite" else jnp.zeros_like(v) for k, v in state.sums.items()})
 
 
-def train_step(state: TrainState, batch: dict, loss_fn, mesh=None) -> TrainState:
+def train_step(state: TrainState, batch: dict, loss_fn, mesh=None, chunk_rows: int = 0) -> TrainState:
     """One optimiser step; pure. Once a step is non-finite the state stops changing.
 
     The update is applied only while every step so far was finite, so the state
     kept after a divergence is the last good one (the loop saves it and raises).
     `mesh`: see `batch_gradients`.
     """
-    (loss, (loss_sum, correct, count)), grads = batch_gradients(state.params, state.apply_fn, batch, loss_fn, mesh)
+    (loss, (loss_sum, correct, count)), grads = batch_gradients(
+        state.params, state.apply_fn, batch, loss_fn, mesh, chunk_rows
+    )
     grad_norm = optax.tree.norm(grads)
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.sums["nonfinite"] == 0)
     stepped = state.apply_gradients(grads=grads)
@@ -174,7 +249,9 @@ def eval_step(params, test_data: dict, idx_B, mask_B, apply_fn, loss_fn, mesh=No
     return parallel.sum_over_batch_shards(sums, mesh)(params, batch)
 
 
-def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn, mesh=None) -> TrainState:
+def train_chunk(
+    state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn, mesh=None, chunk_rows: int = 0
+) -> TrainState:
     """N consecutive train steps in one call, gathering each batch on the device.
 
     `train_data` holds the whole training split on the device (`input_pipeline.put_split`);
@@ -183,7 +260,7 @@ def train_chunk(state: TrainState, train_data: dict, idx_NxB, mask_NxB, loss_fn,
     """
 
     def body(s, idx_mask):
-        return train_step(s, input_pipeline.gather(train_data, *idx_mask), loss_fn, mesh), None
+        return train_step(s, input_pipeline.gather(train_data, *idx_mask), loss_fn, mesh, chunk_rows), None
 
     return jax.lax.scan(body, state, (idx_NxB, mask_NxB))[0]
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 from absl import logging
 
-from irnn_jax import native, parallel, recurrence
+from irnn_jax import native, parallel, recurrence, train
 
 LOCK_NAME = ".lock"
 RUN_JSON = "run.json"
@@ -162,8 +162,11 @@ def resolved_recurrence(config) -> dict:
     # runs keep their batches whole).
     split = not config.get("sweep") and parallel.split_batch_mesh(parallel.make_mesh(), config.batch_size)
     rows = config.batch_size // jax.device_count() if split else config.batch_size
-    name, why = recurrence.explain(config.recurrence, config.cell, config.hidden_size, batch=rows)
-    out = {"recurrence": name, "recurrence_why": why}
+    chunk = train.resolve_chunk_rows(config, rows) if "grad_chunk_rows" in config else 0
+    name, why = recurrence.explain(
+        config.recurrence, config.cell, config.hidden_size, batch=min(rows, chunk) if chunk else rows
+    )
+    out = {"recurrence": name, "recurrence_why": why, "grad_chunk_rows": chunk}
     if name == "native":
         out["native_variant"] = native.status().variant
     return out

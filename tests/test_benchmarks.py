@@ -218,3 +218,43 @@ def test_variants_runs_a_real_worker(tmp_path):
     options = dict(batch_sizes="2", steps="1", cell="irnn", repeats=1, xla_max_isa="")
     rows = variants.worker(native.status().variant, ["fused", "native"], options, tmp_path / "w.json")
     assert {r["recurrence"] for r in rows} == {"fused", "native"} and all(r["step_ms"] > 0 for r in rows)
+
+
+def test_gpu_check_without_a_gpu_says_so_and_times_the_cpu_when_asked(tmp_path):
+    bare = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert bare.returncode == 0, bare.stderr[-2000:]
+    assert "SKIP all: JAX sees no GPU" in bare.stdout and "| batch |" not in bare.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu_check", "--allow_cpu", "--batch_sizes=4", "--steps=1",
+         "--unrolls=1,2", "--repeats=1", f"--json_out={tmp_path / 'g.json'}", f"--md_out={tmp_path / 'g.md'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    for line in ("SKIP tests on the GPU: no GPU", "SKIP compiled Pallas against scan: no GPU", "SKIP pallas timings"):
+        assert line in out.stdout
+    rows = json.loads((tmp_path / "g.json").read_text())["rows"]
+    assert [r["path"] for r in rows] == ["scan (nn.scan, unroll 1)", "scan (nn.scan, unroll 2)", "fused"]
+    for r in rows:
+        assert r["step_ms"] > 0 and r["epoch_s"] == pytest.approx(r["step_ms"] * 15_000 / 1e3)
+    assert (tmp_path / "g.md").read_text().count("| 4 |") == 3
+
+
+def test_large_batch_sets_whole_and_chunked_gradients_against_the_matmul_peak(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.large_batch", "--batch_sizes=4,8", "--steps=1", "--repeats=1",
+         "--cpu_devices=1", "--chunk_rows=0,2", "--recurrence=fused", f"--json_out={tmp_path / 'l.json'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "l.json").read_text())
+    rows = report["rows"]
+    assert [(r["batch"], r["grad_chunk_rows"], r["chunk_rows_resolved"]) for r in rows] == [
+        (4, 0, 0), (4, 2, 2), (8, 0, 0), (8, 2, 2)
+    ]  # fmt: skip
+    for r in rows:
+        assert r["fraction_of_matmul"] == pytest.approx(r["gflops"] * 1e9 / report["matmul_flop_per_s"])
+        assert r["gflops"] == pytest.approx(47.5e6 * r["samples_per_s"] / 1e9, rel=0.01)
+    assert max(r["per_sample_vs_first"] for r in rows[:2]) == pytest.approx(1.0)
+    assert "| 8 | 1 x 8 | fused (fused) | 2 (2) |" in out.stdout

@@ -1,5 +1,6 @@
 """The results page: runs read from workdirs and sweep folders, seeds grouped, mean ± std, bands."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -149,6 +150,32 @@ def _irnn_fast_run(preset, seed, validation, test, diverged=False, **changes):
     return report.Run(f"{preset}_seed{seed}", "pixel_mnist", preset, config, rows, [{"command": f"cmd {preset}"}])
 
 
+def test_the_second_search_has_a_section_of_its_own_with_validation_and_test(tmp_path):
+    screen = _irnn_fast_run("irnn_fast", 0, 0.88, 0.89, batch_size=128, optimizer="adam")
+    screen.name = "search2_5ep_b128_adam"
+    diverged = _irnn_fast_run("irnn_fast", 0, 0.3, 0.2, diverged=True, batch_size=128, learning_rate=1e-3)
+    diverged.name = "search2_5ep_b128_lr1e-3"
+    runs = [screen, diverged, _irnn_fast_run("irnn_fast", 0, 0.91, 0.90)]
+    assert [report.section_of(g) for g in report.group_runs(runs)] == ["search2", "search2", "irnn_fast"]
+    md = report.write_report(runs, tmp_path)
+    section = md.split("## The second recipe search")[1].split("\n## ")[0]
+    assert "optimizer=adam" in section and "| 0.8800 |" in section
+    assert "learning_rate=0.001" in section and "1 diverged" in section  # a diverged candidate stays on the page
+
+
+def test_a_candidate_that_became_a_preset_counts_as_that_presets_run():
+    """A search run made as irnn_fast + overrides, whose settings are exactly irnn_tuned's, is one of
+    irnn_tuned's seeds; one setting apart, it stays a candidate."""
+    tuned = checkpoint.as_json(pixel_mnist.get_config("irnn_tuned").to_dict())
+    as_run = report.Run("search2_x", "pixel_mnist", "irnn_fast", tuned | {"name": "irnn_fast", "seed": 1}, [], [])
+    assert report_runs.adopted_preset(as_run) == "irnn_tuned"
+    apart = dataclasses.replace(as_run, config=as_run.config | {"clip_norm": 1.0})
+    assert report_runs.adopted_preset(apart) == "irnn_fast" and report_runs.overrides(apart)
+    permuted = checkpoint.as_json(pixel_mnist.get_config("irnn_tuned_permuted").to_dict())
+    assert report_runs.adopted_preset(dataclasses.replace(as_run, config=permuted)) == "irnn_tuned_permuted"
+    assert report_runs.adopted_preset(dataclasses.replace(as_run, experiment="adding")) == "irnn_fast"
+
+
 def test_irnn_fast_has_its_own_section_with_each_seeds_validation_and_a_panel_per_preset(tmp_path):
     runs = [
         _irnn_fast_run("irnn_fast", 0, 0.91, 0.90),
@@ -161,7 +188,7 @@ def test_irnn_fast_has_its_own_section_with_each_seeds_validation_and_a_panel_pe
     # The candidate with another rate is one of the search's: the irnn_fast section holds the presets.
     assert [report.section_of(g) for g in groups] == ["irnn_fast", "irnn_fast", "search"]
     md = report.write_report(runs, tmp_path)
-    section = md.split("## irnn_fast: ")[1].split("\n## ")[0]
+    section = md.split("## irnn_fast and irnn_tuned: ")[1].split("\n## ")[0]
     f = np.asarray([0.90, 0.94, 0.1])
     row = next(line for line in section.splitlines() if line.startswith("| irnn_fast | "))
     spread = f"{f.mean():.4f} ± {f.std(ddof=1):.4f} ({f.min():.4f} to {f.max():.4f})"
@@ -273,6 +300,43 @@ def test_irnn_fast_takes_the_full_length_candidate_best_on_validation():
     chosen = max(lengths, key=lengths.get)
     assert (permuted.num_epochs, permuted.skip_spike_factor) == chosen[1:]
     assert pixel_mnist.IRNN_FAST_EPOCHS["permuted"] == chosen[1]
+
+
+def test_irnn_tuned_takes_what_the_second_search_found_best_on_validation():
+    """The 5-epoch screens (search2_5ep_b128_*_std_clip: Adam and RMSprop at 1e-4, three input scales x
+    four clipping values): the input scale best on validation averaged over the clipping values in both
+    optimisers, and with Adam the clipping best averaged over the two smaller scales; the learning rate
+    best at the best scale of the first screen (search2_5ep_b128_adam_lr_std, N(0, 0.1)); of the two
+    full-length runs
+    of seed 0, the schedule that ended higher on validation."""
+    loaded = report.load_all()
+    final = lambda run: run.rows[-1]["validation_accuracy"]  # noqa: E731
+    tuned = pixel_mnist.get_config("irnn_tuned")
+    grid = {}  # (optimizer, input scale, clip) -> final validation accuracy
+    for run in loaded:
+        if run.name.startswith("search2_5ep_b128_") and "_std_clip/" in run.name:
+            c = run.config
+            grid[(c["optimizer"], c["input_init_std"], c["clip_norm"])] = final(run)
+    assert len(grid) == 24
+    scales = sorted({k[1] for k in grid})
+    by_scale = {x: np.mean([v for k, v in grid.items() if k[1] == x]) for x in scales}
+    assert tuned.input_init_std == max(by_scale, key=by_scale.get)
+    small = scales[:2]
+    clips = {y: np.mean([grid[("adam", x, y)] for x in small]) for y in sorted({k[2] for k in grid})}
+    assert tuned.clip_norm == max(clips, key=clips.get)
+    rates = {
+        run.config["learning_rate"]: final(run)
+        for run in loaded
+        if run.name.startswith("search2_5ep_b128_adam_lr_std/") and run.config["input_init_std"] == 0.1
+    }
+    assert len(rates) == 2 and tuned.learning_rate == max(rates, key=rates.get)
+    schedules = {
+        run.config["lr_schedule"]: final(run)
+        for run in loaded
+        if run.name.startswith("search2_120ep_") and run.config["seed"] == 0 and not run.unfinished
+    }
+    assert set(schedules) == {"cosine", "step"} and tuned.lr_schedule == max(schedules, key=schedules.get)
+    assert pixel_mnist.IRNN_TUNED["lr_schedule"] == tuned.lr_schedule == "step"
 
 
 def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():

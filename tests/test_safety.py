@@ -204,6 +204,7 @@ def test_the_command_line_takes_every_recurrence_value(tmp_path):
         assert session["cpu_affinity"]
         if want == "native":
             assert session["native_variant"] == native.status().variant
+        assert session["grad_chunk_rows"] == (train.AUTO_CHUNK_ROWS if want == "native" else 0), session
 
 
 # ------------------------------------------------------------------------------- non-finite values
@@ -213,8 +214,8 @@ def _poisoned_create_state(create_state):
     """train.create_state with the recurrent cell's input kernel set to inf: every pre-activation is
     +-inf or NaN from the first step (what --config.input_init_std=inf did before it was refused)."""
 
-    def make(config, num_steps):
-        state = create_state(config, num_steps)
+    def make(config, num_steps, steps_per_epoch=0):
+        state = create_state(config, num_steps, steps_per_epoch)
 
         def poison(path, x):
             return jnp.full_like(x, jnp.inf) if [getattr(k, "key", "") for k in path] == ["rnn", "kernel"] else x

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.configs import adding
 from irnn_jax import adding as adding_task
-from irnn_jax import config_check, loop, metrics, optim, train
+from irnn_jax import config_check, loop, metrics, native, optim, train
 from tests.conftest import make_images, read_rows, tiny_config, train_steps, write_idx_dir
 
 
@@ -94,6 +94,60 @@ def test_masked_examples_do_not_count(idx_dir):
     b = step_fn(train.create_state(c), small)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9), a.params, b.params)
     assert float(a.sums["count"]) == 2
+
+
+@pytest.mark.parametrize("recurrence", ["scan", "native"])
+def test_gradients_in_row_chunks_are_the_whole_batchs(idx_dir, recurrence):
+    """grad_chunk_rows: 10 rows (2 masked) in chunks of 4 (3 chunks, the last padded with 2 masked rows)
+    give the whole batch's mean loss, sums and gradients, to float32 rounding."""
+    if recurrence == "native" and not native.available():
+        pytest.skip(f"no native kernel here: {native.status().reason}")
+    c = tiny_config(idx_dir, recurrence=recurrence)
+    params = train.create_state(c).params
+    batch = jax.tree.map(jnp.asarray, _batch(10, mask=[1] * 6 + [0, 1, 1, 0]))
+    apply_fn, loss_fn = train.build_model(c).apply, train.make_loss_fn(c)
+    assert train.row_chunks(10, 4) == 3 and train.row_chunks(10, 0) == 1 and train.row_chunks(4, 4) == 1
+    (loss, aux), grads = train.batch_gradients(params, apply_fn, batch, loss_fn)
+    (loss4, aux4), grads4 = jax.jit(functools.partial(train.batch_gradients, chunk_rows=4), static_argnums=(1, 3))(
+        params, apply_fn, batch, loss_fn
+    )
+    np.testing.assert_allclose(loss4, loss, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(aux4), np.asarray(aux), rtol=1e-5)
+    assert float(aux4[2]) == 8  # the padding counts nowhere
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7), grads4, grads)
+    assert float(optax.tree.norm(grads)) > 0
+
+
+def test_grad_chunk_rows_auto_chunks_the_native_kernels_only(idx_dir):
+    c = tiny_config(idx_dir, recurrence="fused")
+    assert train.resolve_chunk_rows(c, 1024) == 0  # the XLA loops block their backward themselves
+    c.grad_chunk_rows = 8
+    assert train.resolve_chunk_rows(c, 1024) == 8  # a value asked for is taken as it is
+    c.grad_chunk_rows, c.recurrence = -1, "native"
+    assert train.resolve_chunk_rows(c, 1024, "gpu") == 0  # no native kernel off the CPU
+    c.recurrence = "auto"
+    want = train.AUTO_CHUNK_ROWS if native.available() else 0
+    assert train.resolve_chunk_rows(c, 1024, "cpu") == want
+
+
+def test_a_run_in_row_chunks_trains_as_the_whole_batch_does(idx_dir):
+    whole = train_steps(tiny_config(idx_dir, learning_rate=1e-3, grad_chunk_rows=0), 3)[1]
+    chunked = train_steps(tiny_config(idx_dir, learning_rate=1e-3, grad_chunk_rows=1), 3)[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), chunked.params, whole.params)
+    np.testing.assert_allclose(float(chunked.sums["loss"]), float(whole.sums["loss"]), rtol=1e-5)
+    start = jax.tree.leaves(train.create_state(tiny_config(idx_dir)).params)
+    assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(whole.params), start, strict=True))
+
+
+@pytest.mark.parametrize("recurrence", ["scan", "fused"])
+def test_unroll_runs_the_same_loop(idx_dir, recurrence):
+    c = tiny_config(idx_dir, learning_rate=1e-3, recurrence=recurrence)
+    one = train_steps(c, 2)[1]
+    c.unroll = 16
+    model = train.build_model(c)
+    assert model.unroll == 16
+    sixteen = train_steps(c, 2)[1]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), sixteen.params, one.params)
 
 
 def test_non_finite_step_freezes_the_state(idx_dir):
@@ -184,12 +238,14 @@ def test_next_due_is_the_next_step_should_run_fires_at(every, offset):
         ("eval_every_steps", 0, "eval_every_steps must be an integer >= 1"),
         ("num_train_steps", -3, "num_train_steps must be an integer >= 0"),
         ("num_epochs", -2, "num_epochs must be an integer >= 1"),
-        ("lr_schedule", "step", "lr_schedule must be one of"),
+        ("lr_schedule", "linear", "lr_schedule must be one of"),
         ("warmup_steps", -1, "warmup_steps must be an integer >= 0"),
         ("input_std", 0.0, "input_std must be > 0"),
         ("checkpoint_every_seconds", -5.0, "checkpoint_every_seconds must be >= 0"),
         ("seed", -1, "seed and permutation_seed must be integers >= 0"),
         ("recurrent_gain", float("nan"), "recurrent_gain must be finite"),
+        ("grad_chunk_rows", -2, "grad_chunk_rows must be an integer >= -1"),
+        ("unroll", 0, "unroll must be an integer >= 1"),
     ],
 )
 def test_config_out_of_range_is_refused(idx_dir, field, value, message, tmp_path):
@@ -313,6 +369,36 @@ def test_cosine_schedule_scales_the_update_from_full_to_zero(idx_dir):
     np.testing.assert_allclose(scheduled[1] - scheduled[0], 0.5 * second_step, rtol=1e-5)  # cos(pi/2)...
     factor = optim.schedule_factor("cosine", 100, warmup_steps=10)
     assert [round(float(factor(s)), 4) for s in (0, 5, 10, 55, 100)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def test_step_schedule_drops_the_rate_after_the_epochs_it_names(idx_dir):
+    """lr_schedule=step: the update is the constant one until the end of each epoch in lr_step_epochs,
+    then lr_step_factor times smaller, once per epoch passed (after a linear warm-up)."""
+    g = np.array([3.0, 4.0], np.float32)
+    c = tiny_config(idx_dir, clip_norm=0.0, learning_rate=1e-2, optimizer="sgd")
+    constant = _apply(train.make_optimizer(c), np.zeros(2, np.float32), [g])
+    c.lr_schedule, c.lr_step_epochs, c.lr_step_factor = "step", (1, 2), 0.1
+    tx = train.make_optimizer(c, num_steps=8, steps_per_epoch=2)  # drops after step 2 and step 4
+    after = [_apply(tx, np.zeros(2, np.float32), [g] * n) for n in range(1, 6)]
+    moves = [after[0]] + [b - a for a, b in zip(after, after[1:], strict=False)]
+    for k, want in enumerate([1.0, 1.0, 0.1, 0.1, 0.01]):
+        np.testing.assert_allclose(moves[k], want * constant, rtol=1e-5, err_msg=f"step {k}")
+    factor = optim.schedule_factor("step", 100, warmup_steps=10, step_boundaries=(50, 80), step_factor=0.5)
+    assert [round(float(factor(s)), 4) for s in (0, 5, 10, 49, 50, 79, 80, 99)] == [0, 0.5, 1, 1, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "field,value",
+    [("lr_step_epochs", ()), ("lr_step_epochs", (5, 3)), ("lr_step_epochs", (0,)), ("lr_step_factor", 1.0),
+     ("lr_step_factor", 0.0), ("lr_step_factor", float("nan"))],
+)  # fmt: skip
+def test_a_bad_step_schedule_is_refused(idx_dir, field, value, tmp_path):
+    c = tiny_config(idx_dir, lr_schedule="step")
+    c[field] = value
+    with pytest.raises(config_check.ConfigError, match=field):
+        loop.train_and_evaluate(c, tmp_path / "w")
+    assert not (tmp_path / "w").exists()
 
 
 def _apply_tree(tx, params, grads):

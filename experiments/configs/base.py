@@ -31,13 +31,17 @@ def base_config() -> ml_collections.ConfigDict:
     c.head_sizes = ()  # dense layers between the last state and the logits
     c.head_activation = "sigmoid"  # activation of the head_sizes layers
     c.recurrence = "scan"  # scan, fused, native (CPU) for any cell; pallas (GPU, no LSTM); auto: native or fused
+    c.unroll = 1  # time steps per loop iteration of scan (nn.scan) and fused (simple RNNs); GPUs may gain from 8-16
+    c.grad_chunk_rows = -1  # rows a device differentiates at once, gradients of the chunks summed; -1: auto (32 native)
 
     # Optimiser.
     c.optimizer = "rmsprop"  # rmsprop, adam (both with Keras constants) or sgd
     c.learning_rate = 1e-6  # peak learning rate of the schedule
     c.clip_norm = 1.0  # global-norm clipping; 0 turns it off
-    c.lr_schedule = "constant"  # constant, or cosine: warm-up, then a cosine to 0 at the last step (fixes the length)
-    c.warmup_steps = 0  # linear warm-up of the cosine schedule
+    c.lr_schedule = "constant"  # constant; cosine: warm-up, then a cosine to 0 at the last step; step: see lr_step_*
+    c.warmup_steps = 0  # linear warm-up of the cosine and step schedules
+    c.lr_step_epochs = (100,)  # step schedule: the rate is multiplied by lr_step_factor after each of these epochs
+    c.lr_step_factor = 0.1  # step schedule: e.g. 0.1 (divide by 10) or 0.3 (by 3.33)
     c.recurrent_lr_scale = 1.0  # the recurrent kernel's updates times this: its own learning rate
     c.update_clip_norm = 0.0  # clips the global norm of the update, after the optimiser; 0 turns it off
     c.ema_decay = 0.0  # > 0: evaluate a moving average of the weights with this decay (e.g. 0.999); 0: off

@@ -94,6 +94,21 @@ irnn_fast, irnn_fast_permuted, irnn_fast_control
         python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:irnn_fast \
             --config.sweep=seed=0,1
 
+irnn_tuned, irnn_tuned_permuted
+    The paper's network, unchanged (100 ReLU units, identity recurrent kernel, Dense 10; 11,210
+    parameters), with the recipe of a second search made on the validation split (55,000 training
+    images, 5,000 held out; the results page's "second recipe search"): Adam (Keras constants) at
+    1e-4, batch 128, global-norm clipping 10, the input kernel ~ N(0, 0.03) instead of the paper's
+    N(0, 0.001), pixels standardised (0.1307, 0.3081), a 150-step linear warm-up, the rate divided
+    by 10 after epoch 100 (a step decay), 120 epochs (51,600 steps). Screens of 5 epochs chose the
+    optimiser, the rate, the input kernel's scale and the clipping (Adam and RMSprop were level;
+    N(0, 0.03) to N(0, 0.1) beat N(0, 0.001) by 1 to 3 points, N(0, 0.3) or more was worse, and no
+    clipping was worst); two full-length runs of seed 0 chose the step decay over a cosine. In
+    permuted order the same recipe runs as it is. Budget: under 2 hours on one core (37 minutes a
+    seed on the 2-core Intel Xeon, both cores training).
+        python -m experiments.pixel_mnist --config=experiments/configs/pixel_mnist.py:irnn_tuned \
+            --config.sweep=seed=0,1
+
 Source S0 declares clip_norm = 1.0 but never passes it to Keras; the paper
 clips, so these presets do. --config.clip_norm=0 gives the Keras run as written.
 """
@@ -120,6 +135,17 @@ IRNN_FAST_LR = {"pixel": 5e-5, "permuted": 5e-5}
 # irnn_fast's length in epochs, chosen on validation among full-length runs of seed 0: pixel order
 # irnn_fast_final_*, permuted order irnn_fast_permuted_final_* (tests/test_report.py checks both).
 IRNN_FAST_EPOCHS = {"pixel": 60, "permuted": 120}
+# irnn_tuned: the second search's recipe, every choice made on validation (docs/results/runs/search2_*;
+# tests/test_report.py checks these against the runs).
+IRNN_TUNED = {
+    "optimizer": "adam",
+    "learning_rate": 1e-4,
+    "input_init_std": 0.03,
+    "clip_norm": 10.0,
+    "lr_schedule": "step",
+    "lr_step_epochs": (100,),
+    "num_epochs": {"pixel": 120, "permuted": 120},
+}
 PRESETS = (
     "keras",
     "keras_900",
@@ -131,6 +157,8 @@ PRESETS = (
     "irnn_fast",
     "irnn_fast_permuted",
     "irnn_fast_control",
+    "irnn_tuned",
+    "irnn_tuned_permuted",
 )
 
 # What the sources report, for the results page: metric, value, at which step.
@@ -162,6 +190,8 @@ REPORTED = {
     "irnn_fast": dict(value=0.970, step=None, text="target: the paper's 0.970 (<= 2 h on a 2-core CPU)"),
     "irnn_fast_permuted": dict(value=0.820, step=None, text="target: the paper's 0.820 (<= 2 h on a 2-core CPU)"),
     "irnn_fast_control": dict(value=None, step=None, text="none: irnn_fast's recipe with the default-init ReLU RNN"),
+    "irnn_tuned": dict(value=0.970, step=None, text="target: the paper's 0.970 (<= 2 h on one core)"),
+    "irnn_tuned_permuted": dict(value=0.880, step=None, text="target: 0.880 (the paper: 0.820; <= 2 h on one core)"),
     "paper_rnn_relu": dict(value=None, step=None, text="does not learn (paper)"),
     "paper_rnn_relu_permuted": dict(value=None, step=None, text="does not learn (paper)"),
     "budget_rnn_relu": dict(value=None, step=None, text="does not learn (paper)"),
@@ -230,6 +260,24 @@ def get_config(preset: str = "keras"):
         c.eval_every_steps = 3438  # two epochs of 55,000 images
         c.checkpoint_every_steps = 1719
         c.checkpoint_every_seconds = 600.0
+    elif preset in ("irnn_tuned", "irnn_tuned_permuted"):
+        c.cell = "irnn"  # the paper's architecture, unchanged
+        c.task = "permuted" if preset.endswith("_permuted") else "pixel"
+        c.input_mean, c.input_std = 0.1307, 0.3081
+        c.input_init_std = IRNN_TUNED["input_init_std"]
+        c.optimizer = IRNN_TUNED["optimizer"]
+        c.learning_rate = IRNN_TUNED["learning_rate"]
+        c.clip_norm = IRNN_TUNED["clip_norm"]
+        c.batch_size = 128
+        c.warmup_steps = 150
+        c.lr_schedule = IRNN_TUNED["lr_schedule"]
+        c.lr_step_epochs = IRNN_TUNED["lr_step_epochs"]
+        c.lr_step_factor = 0.1
+        c.num_epochs = IRNN_TUNED["num_epochs"][c.task]
+        c.validation_size = 5000
+        c.eval_every_steps = 860  # two epochs of 55,000 images at batch 128
+        c.checkpoint_every_steps = 860
+        c.checkpoint_every_seconds = 300.0
     else:
         raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
     c.recurrence = "auto"  # native kernel where built (simple RNNs, CPU), else fused: the fastest (docs/performance.md)
