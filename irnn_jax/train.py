@@ -73,6 +73,8 @@ def make_optimizer(config, num_steps: int = 0, steps_per_epoch: int = 0):
     schedule's lr_step_epochs become optimiser steps through `steps_per_epoch`)."""
     boundaries, factor = (), 1.0
     if config.lr_schedule == "step":
+        if steps_per_epoch < 1 and config.num_train_steps == 0 and num_steps > 0:
+            steps_per_epoch = num_steps // config.num_epochs  # a run of whole epochs
         if steps_per_epoch < 1:
             raise ValueError("the step schedule needs the steps in an epoch")
         boundaries = tuple(int(e) * steps_per_epoch for e in config.lr_step_epochs)

@@ -83,6 +83,9 @@ def test_resumable_fields_may_change(idx_dir):
     assert checkpoint.config_differences(c, {**c, "num_train_steps": 99, "eval_every_steps": 3}) == {}
     assert checkpoint.config_differences(c, {**c, "seed": 1}) == {"seed": (0, 1)}
     assert checkpoint.config_differences({**c, "head_sizes": [30]}, {**c, "head_sizes": (30,)}) == {}
+    # How the gradient is computed, not what it is: a run resumes with other row chunks or unrolling.
+    assert checkpoint.config_differences(c, {**c, "grad_chunk_rows": 0, "unroll": 8}) == {}
+    assert checkpoint.config_differences(c, {**c, "lr_step_factor": 0.3}) == {"lr_step_factor": (0.1, 0.3)}
 
 
 def test_stop_on_signal_sets_a_flag_then_restores_the_handler():
