@@ -196,6 +196,7 @@ class Checkpointer:
             if cause is None:
                 raise
             self._failed = True
+            self._settle()
             self.remove_unfinished()
             done = self._manager.latest_step() if self._manager is not None else None
             raise StorageError(  # saves are asynchronous: the one that failed may be the previous one
@@ -203,6 +204,16 @@ class Checkpointer:
                 f"(newest: {'none' if done is None else f'step {done}'}); fix the folder or free space, then run "
                 f"the same command to resume"
             ) from e
+
+    def _settle(self) -> None:
+        """Lets the saves still in flight finish (or fail) before any temporary folder is judged
+        unfinished: a save that fails at once must not delete an earlier one still being written."""
+        if self._manager is None:
+            return
+        try:
+            self._manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 (that save failed as well: its folder goes with the others)
+            pass
 
     def remove_unfinished(self) -> None:
         """Deletes the temporary folders of saves that did not finish (Orbax's *.orbax-checkpoint-tmp)."""

@@ -339,6 +339,34 @@ def test_a_full_disk_stops_the_run_with_its_cause_and_the_resume_is_exact(idx_di
     assert read_rows(work) == read_rows(tmp_path / "straight")
 
 
+def test_a_failed_save_lets_an_earlier_save_still_in_flight_finish(tmp_path):
+    """The full-disk test above once lost step 4: step 8's save failed at once while step 4's was still
+    being written, and the clean-up deleted step 4's temporary folder. The clean-up now waits first."""
+    ckpt = checkpoint_lib.Checkpointer(tmp_path / "checkpoints")
+    in_flight = ckpt.directory / "4.orbax-checkpoint-tmp-123"
+    in_flight.mkdir(parents=True)
+    (in_flight / "state").write_text("x")
+
+    class Writing:  # an Orbax manager whose pending save of step 4 completes when waited for
+        def wait_until_finished(self):
+            if in_flight.exists():
+                in_flight.rename(ckpt.directory / "4")
+
+        def latest_step(self):
+            return 4 if (ckpt.directory / "4").exists() else None
+
+    real, ckpt._manager = ckpt._manager, Writing()
+    try:
+        with pytest.raises(checkpoint_lib.StorageError, match="newest: step 4"):
+            with ckpt._storage_errors():
+                raise OSError(28, "No space left on device")
+    finally:
+        ckpt._manager = real
+        ckpt.close()
+    assert (ckpt.directory / "4" / "state").read_text() == "x"
+    assert not list(ckpt.directory.glob("*tmp*"))
+
+
 def test_a_session_reads_unrecorded_until_it_records_its_end(idx_dir, tmp_path):
     """A process killed (or out of disk) before end_session leaves a session that says so, not one
     with no outcome at all."""
