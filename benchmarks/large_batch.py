@@ -71,7 +71,7 @@ def measure(batch: int, steps: int, chunk_values, recurrences, repeats: int, cel
                 "per_device_batch": per_device,
                 "recurrence": recurrence,
                 "ran": recurrence_lib.resolve(
-                    recurrence, c.cell, c.hidden_size, batch=min(per_device, resolved) if resolved else per_device
+                    recurrence, c.cell, c.hidden_size, batch=train.chunk_size(per_device, resolved)
                 ),
                 "grad_chunk_rows": value,
                 "chunk_rows_resolved": resolved,

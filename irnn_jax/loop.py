@@ -81,7 +81,7 @@ def compile_steps(config, apply_fn, mesh, is_sweep: bool, num_runs: int = 1):
     loss_fn = train.make_loss_fn(config)
     train_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.batch_size)
     eval_mesh = None if is_sweep else parallel.split_batch_mesh(mesh, config.eval_batch_size)
-    rows = config.batch_size // train_mesh.size if train_mesh is not None else config.batch_size
+    rows = parallel.device_rows(mesh, config.batch_size, is_sweep)
     chunk_rows = train.resolve_chunk_rows(config, rows, mesh.devices.flat[0].platform)
     chunk = functools.partial(train.train_chunk, loss_fn=loss_fn, mesh=train_mesh, chunk_rows=chunk_rows)
     evaluate = functools.partial(train.eval_step, apply_fn=apply_fn, loss_fn=loss_fn, mesh=eval_mesh)

@@ -199,8 +199,7 @@ class SequenceClassifier(nn.Module):
             y = lstm_lib.final_state(rec, params, x_BxTxC)
         else:
             params = SimpleRNNParams(**kwargs)(x_BxTxC.shape[-1])
-            unroll = {"unroll": self.unroll} if rec == "fused" else {}
-            y = recurrence_lib.final_state(rec, params, x_BxTxC, kwargs["activation"], **unroll)
+            y = recurrence_lib.final_state(rec, params, x_BxTxC, kwargs["activation"], unroll=self.unroll)
         for i, size in enumerate(self.head_sizes):
             y = nn.Dense(size, kernel_init=glorot_uniform, name=f"dense_{i}")(y)
             y = HEAD_ACTIVATIONS[self.head_activation](y)

@@ -117,6 +117,13 @@ def split_batch_mesh(mesh: Mesh, batch_size: int) -> Mesh | None:
     return mesh if mesh.size > 1 and batch_size % mesh.size == 0 else None
 
 
+def device_rows(mesh: Mesh, batch_size: int, is_sweep: bool = False) -> int:
+    """The rows of a batch each device runs: its share where `split_batch_mesh` splits the batch, else
+    all of it (a sweep's runs keep their batches whole)."""
+    split = not is_sweep and split_batch_mesh(mesh, batch_size) is not None
+    return batch_size // mesh.size if split else batch_size
+
+
 def sum_over_batch_shards(fn, mesh: Mesh):
     """fn(replicated, batch) run by each device on its share of the batch (axis 0 split over `mesh`),
     the results summed over devices with one all-reduce: data parallelism written out.

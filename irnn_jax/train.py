@@ -125,7 +125,7 @@ def make_loss_fn(config):
 def _split_rows(batch: dict, parts: int) -> dict:
     """The batch as `parts` chunks of equal rows (a leading axis), padded with masked rows to divide."""
     rows = batch["mask"].shape[0]
-    per = -(-rows // parts)
+    per = -(-rows // parts)  # chunk_size
     pad = parts * per - rows
 
     def split(a):
@@ -151,7 +151,7 @@ def resolve_chunk_rows(config, rows: int, platform: str | None = None) -> int:
     if (platform or jax.default_backend()) != "cpu":
         return 0
     ran = recurrence_lib.resolve(
-        config.recurrence, config.cell, config.hidden_size, platform, batch=min(rows, AUTO_CHUNK_ROWS)
+        config.recurrence, config.cell, config.hidden_size, platform, batch=chunk_size(rows, AUTO_CHUNK_ROWS)
     )
     return AUTO_CHUNK_ROWS if ran == "native" else 0
 
@@ -160,6 +160,11 @@ def row_chunks(rows: int, chunk_rows: int) -> int:
     """How many chunks a share of `rows` rows is differentiated in: 1 unless chunk_rows > 0 and the
     share is larger; then as few as hold at most chunk_rows rows each."""
     return 1 if chunk_rows <= 0 or rows <= chunk_rows else -(-rows // chunk_rows)
+
+
+def chunk_size(rows: int, chunk_rows: int) -> int:
+    """The rows each chunk holds (`_split_rows` pads the last to this): what the recurrence runs at once."""
+    return -(-rows // row_chunks(rows, chunk_rows))
 
 
 def chunked_value_and_grad(loss_fn, params, apply_fn, batch: dict, total_count, chunk_rows: int):

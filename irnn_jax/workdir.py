@@ -158,13 +158,12 @@ def experiment_of(config) -> str:
 def resolved_recurrence(config) -> dict:
     """The recurrence this session runs (config.recurrence "auto" resolves per machine), why, and for
     "native" the variant of the kernel library that runs it ("avx512", "avx2", ...)."""
-    # The rows a device runs: the batch split over the devices as the training step splits it (a sweep's
-    # runs keep their batches whole).
-    split = not config.get("sweep") and parallel.split_batch_mesh(parallel.make_mesh(), config.batch_size)
-    rows = config.batch_size // jax.device_count() if split else config.batch_size
+    # The rows the recurrence runs at once: a device's share of the batch, as the training step splits
+    # it, in chunks of grad_chunk_rows.
+    rows = parallel.device_rows(parallel.make_mesh(), config.batch_size, bool(config.get("sweep")))
     chunk = train.resolve_chunk_rows(config, rows) if "grad_chunk_rows" in config else 0
     name, why = recurrence.explain(
-        config.recurrence, config.cell, config.hidden_size, batch=min(rows, chunk) if chunk else rows
+        config.recurrence, config.cell, config.hidden_size, batch=train.chunk_size(rows, chunk)
     )
     out = {"recurrence": name, "recurrence_why": why, "grad_chunk_rows": chunk}
     if name == "native":

@@ -107,6 +107,7 @@ def test_gradients_in_row_chunks_are_the_whole_batchs(idx_dir, recurrence):
     batch = jax.tree.map(jnp.asarray, _batch(10, mask=[1] * 6 + [0, 1, 1, 0]))
     apply_fn, loss_fn = train.build_model(c).apply, train.make_loss_fn(c)
     assert train.row_chunks(10, 4) == 3 and train.row_chunks(10, 0) == 1 and train.row_chunks(4, 4) == 1
+    assert [train.chunk_size(r, c) for r, c in ((10, 4), (100, 32), (16, 32), (7, 0))] == [4, 25, 16, 7]
     (loss, aux), grads = train.batch_gradients(params, apply_fn, batch, loss_fn)
     (loss4, aux4), grads4 = jax.jit(functools.partial(train.batch_gradients, chunk_rows=4), static_argnums=(1, 3))(
         params, apply_fn, batch, loss_fn
