@@ -51,7 +51,7 @@ constexpr int kChunkVectors = 8;  // a whole row
 #define IRNN_CHUNK_VECTORS 1
 #endif
 #ifndef IRNN_ROW_BLOCK
-#define IRNN_ROW_BLOCK 4
+#define IRNN_ROW_BLOCK 6
 #endif
 constexpr int kChunkVectors = IRNN_CHUNK_VECTORS;  // 16 floats: two ymm accumulators a row
 #endif
@@ -173,18 +173,19 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
   }
   for (int k = 0; k < K; ++k) {
     const uvec* m = V(M + static_cast<size_t>(k) * m_stride);
+#if defined(__AVX512F__)
+    // All RB broadcasts first, then each vector of M once for the RB rows: RB x NV accumulators, RB
+    // broadcasts and one vector of M fit the 32 registers.
     vec s[RB];
     #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) s[r] = splat(in[r * in_stride + static_cast<size_t>(k) * k_stride]);
     #pragma GCC unroll 16
     for (int v = 0; v < NF; ++v) {
       vec mv = m[v];
-#if defined(__AVX512F__)
       // One load of M's vector for the RB rows. Without this GCC folds the load into each row's FMA,
       // RB loads of the same vector, and the micro-kernel waits on loads, not FMAs: the LSTM's
       // value_and_grad at batch 16 took 1.11 to 1.16x as long (docs/performance.md).
       asm("" : "+v"(mv));
-#endif
       #pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) acc[r][v] += s[r] * mv;
     }
@@ -193,6 +194,23 @@ inline void rows_times(const float* in, int in_stride, const float* M, int K, in
       #pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) tail[r] += low_quarter(s[r]) * mq;
     }
+#else
+    // The chunk of M's row first (NF vectors and the quarter), then a row at a time, its broadcast used
+    // at once: RB x NF accumulators, NF vectors of M and one broadcast, where the order above would
+    // hold all RB broadcasts and spill at 6 rows of 2 ymm (16 registers).
+    vec mv[NF > 0 ? NF : 1];
+    #pragma GCC unroll 16
+    for (int v = 0; v < NF; ++v) mv[v] = m[v];
+    vec4 mq{};
+    if constexpr (Q) mq = *reinterpret_cast<const uvec4*>(M + static_cast<size_t>(k) * m_stride + NF * kVL);
+    #pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) {
+      const vec s = splat(in[r * in_stride + static_cast<size_t>(k) * k_stride]);
+      #pragma GCC unroll 16
+      for (int v = 0; v < NF; ++v) acc[r][v] += s * mv[v];
+      if constexpr (Q) tail[r] += low_quarter(s) * mq;
+    }
+#endif
   }
   if constexpr (Q) {
     #pragma GCC unroll 16
@@ -219,8 +237,9 @@ inline void accumulate_rows(const float* A, int a_stride, int k, const float* D,
 
 // Rows (of the input, or of a weight gradient) that share each vector load in the micro-kernels, for a
 // row of nv vectors taken chunk_width(nv) at a time. AVX-512: RB x NV accumulators plus RB broadcasts
-// fit the 32 vector registers. AVX2: RB rows x 2 registers (one 16-float vector) plus their broadcasts
-// and the weights' two halves fit 16.
+// fit the 32 vector registers. AVX2: RB rows x 2 registers (one 16-float vector), the weights' two
+// halves and one broadcast fit 16: 6 rows, 12 accumulators, enough independent FMAs to cover their
+// latency (4 rows, 8 accumulators, ran 4 to 5% slower: docs/performance.md).
 #if defined(__AVX512F__)
 constexpr int row_block(int nv) { return nv <= 4 ? 4 : (nv <= 7 ? 3 : 2); }
 #else
@@ -243,12 +262,31 @@ inline void over_chunks(F&& f) {
   if constexpr (REST > 0) f(std::integral_constant<int, REST>{}, FULL * CW, std::bool_constant<Q>{});
 }
 
-// f(std::integral_constant<int, R>{}, i) for blocks of R rows [i, i + R) that cover rows [0, n): R = RB
-// (row_block) while more than RB + 1 rows are left, then blocks of 3 and 2. A row left alone would run
-// at a fraction of the micro-kernel's rate (one row shares each load of the matrix with no other): at
-// batch 16 in blocks of 3, the 16th row took about a tenth of a step.
+// f(std::integral_constant<int, R>{}, i) for blocks of R rows [i, i + R) that cover rows [0, n). AVX-512:
+// R = RB (row_block) while more than RB + 1 rows are left, then blocks of 3 and 2. AVX2: the fewest
+// blocks of at most RB rows, of sizes that differ by at most one (16 rows in blocks of 6: 6, 5, 5; not
+// 6, 6, 2 + 2, whose blocks of 2 hold too few accumulators to cover the FMA's latency). A row left alone
+// would run at a fraction of the micro-kernel's rate (one row shares each load of the matrix with no
+// other): at batch 16 in blocks of 3, the 16th row took about a tenth of a step.
+template <int R, typename F>
+inline void with_rows(int size, int i, F&& f) {
+  if constexpr (R >= 1) {
+    if (size == R) return f(std::integral_constant<int, R>{}, i);
+    with_rows<R - 1>(size, i, f);
+  }
+}
+
 template <int RB, typename F>
 inline void over_row_blocks(int n, F&& f) {
+#if !defined(__AVX512F__)
+  if (n <= 0) return;
+  const int nb = (n + RB - 1) / RB, base = n / nb, extra = n % nb;
+  for (int b = 0, i = 0; b < nb; ++b) {
+    const int size = base + (b < extra ? 1 : 0);
+    with_rows<RB>(size, i, f);
+    i += size;
+  }
+#else
   int i = 0;
   for (; n - i > RB + 1 || n - i == RB; i += RB) f(std::integral_constant<int, RB>{}, i);
   while (n - i > 0) {
@@ -264,6 +302,7 @@ inline void over_row_blocks(int n, F&& f) {
       i += 3;
     }
   }
+#endif
 }
 
 // G (K rows, stride) += A^T D over N rows: all K rows of the weight gradient, a few at a time, chunk by
@@ -275,7 +314,7 @@ constexpr int kAccChunk = kChunkVectors, kAccRows = 0;
 #define IRNN_ACC_CHUNK 1
 #endif
 #ifndef IRNN_ACC_ROWS
-#define IRNN_ACC_ROWS 4
+#define IRNN_ACC_ROWS 6
 #endif
 constexpr int kAccChunk = IRNN_ACC_CHUNK, kAccRows = IRNN_ACC_ROWS;
 #endif

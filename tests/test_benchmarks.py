@@ -258,3 +258,23 @@ def test_large_batch_sets_whole_and_chunked_gradients_against_the_matmul_peak(tm
         assert r["gflops"] == pytest.approx(47.5e6 * r["samples_per_s"] / 1e9, rel=0.01)
     assert max(r["per_sample_vs_first"] for r in rows[:2]) == pytest.approx(1.0)
     assert "| 8 | 1 x 8 | fused (fused) | 2 (2) |" in out.stdout
+
+
+def test_fma_peak_measures_each_instruction_set_the_cpu_runs_and_skips_the_others(capsys, monkeypatch):
+    from benchmarks import fma_peak
+
+    rows = fma_peak.main(["--iterations=200000", "--repeats=2"])
+    out = capsys.readouterr().out
+    for isa in ("avx512", "avx2"):
+        if fma_peak.runnable(isa):
+            row = next(r for r in rows if r["isa"] == isa)
+            assert row["gflops_cpu_time"] > 1.0 and row["gflops_wall"] > 0.1  # a real rate, not a stub
+            assert f"| {isa} | {fma_peak.LANES[isa]} |" in out
+        else:
+            assert f"SKIP {isa}: this CPU lacks" in out
+    # A CPU without the set is skipped by name, not run into an illegal instruction.
+    monkeypatch.setattr(fma_peak, "runnable", lambda isa: False)
+    assert fma_peak.main(["--isa=avx2", "--iterations=10"]) == []
+    assert "SKIP avx2: this CPU lacks avx2" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="not one of"):
+        fma_peak.main(["--isa=sse9"])
