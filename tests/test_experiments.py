@@ -34,6 +34,7 @@ KERAS_PARAMS = {
     ("pixel_mnist", "irnn_fast_control"): 11_210,  # the ReLU RNN of the same size
     ("pixel_mnist", "irnn_tuned"): 11_210,  # the second search changes the recipe only
     ("pixel_mnist", "irnn_tuned_permuted"): 11_210,
+    ("pixel_mnist", "irnn_tuned_control"): 11_210,  # the ReLU RNN of the same size
     # Adding: input 2, SimpleRNN(100) + Dense(1) = 10,300 + 101; LSTM(100) + Dense(1) = 41,200 + 101.
     **{("adding", f"{c}_{t}"): 10_401 for c in ("irnn", "rnn_tanh") for t in adding.LENGTHS},
     **{("adding", f"lstm_{t}"): 41_301 for t in adding.LENGTHS},

@@ -86,7 +86,7 @@ def test_the_data_fingerprint_is_of_the_arrays_as_read(idx_dir):
 def test_the_source_reproducing_presets_train_on_every_example():
     """All but irnn_fast's and irnn_tuned's, whose recipes are ours and report their validation accuracy
     beside the test's."""
-    ours = {"irnn_fast", "irnn_fast_permuted", "irnn_fast_control", "irnn_tuned", "irnn_tuned_permuted"}
+    ours = {f"irnn_{recipe}{kind}" for recipe in ("fast", "tuned") for kind in ("", "_permuted", "_control")}
     for module in (pixel_mnist, row_mnist):
         for preset in module.PRESETS:
             assert module.get_config(preset).validation_size == (5000 if preset in ours else 0), preset
