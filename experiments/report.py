@@ -364,9 +364,9 @@ def headline(groups: list[Group], image_dir: str) -> str:
         "`python -m experiments.report` from the run logs under `docs/results/runs/`.\n\n"
     )
     md += report_headline.headline_table(groups)
-    if report_headline.plot_runs(groups):
+    if recipe := report_headline.plot_recipe(groups):
         md += (
-            "\nTest accuracy over training: S0's 900 epochs (one seed) and irnn_fast's three seeds in each pixel "
+            f"\nTest accuracy over training: S0's 900 epochs (one seed) and {recipe}'s seeds in each pixel "
             "order (mean, band from min to max), with the sources' figures.\n\n"
             f"![Test accuracy over training against the sources' figures]({image_dir}headline.png)\n"
         )

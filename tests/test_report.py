@@ -514,3 +514,22 @@ def test_a_divergence_the_log_missed_is_recorded_by_a_file_beside_it(idx_dir, tm
     (tmp_path / "run" / report_runs.DIVERGED).write_text("non-finite at step 5, seen on the console\n")
     (run,) = report.load_runs(tmp_path / "run")
     assert run.diverged and "1 diverged" in report.group_runs([run])[0].ours()
+
+
+def test_the_headline_plot_draws_the_best_recipe_that_has_runs_in_both_orders(tmp_path):
+    def finished(preset, accuracy):  # a run whose last row is at the length its preset asks for
+        run = _irnn_fast_run(preset, 0, accuracy, accuracy)
+        run.rows[-1]["step"] = report_runs.asked_steps(run)
+        return run
+
+    s0 = finished("keras_900", 0.6)
+    fast = [finished(p, 0.9) for p in ("irnn_fast", "irnn_fast_permuted")]
+    tuned = [finished(p, 0.95) for p in ("irnn_tuned", "irnn_tuned_permuted")]
+    assert report_headline.plot_recipe(report.group_runs([s0, *fast])) == "irnn_fast"
+    assert report_headline.plot_recipe(report.group_runs([s0, *fast, *tuned])) == "irnn_tuned"
+    # irnn_tuned in one order only: the plot keeps irnn_fast, whose both orders have runs.
+    assert report_headline.plot_recipe(report.group_runs([s0, *fast, tuned[0]])) == "irnn_fast"
+    assert report_headline.plot_recipe(report.group_runs(fast)) == ""  # no S0: no plot
+    assert "irnn_tuned's seeds in each pixel order" in report.headline(report.group_runs([s0, *fast, *tuned]), "")
+    assert report_headline.plot_headline(report.group_runs([s0, *fast, *tuned]), tmp_path / "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
