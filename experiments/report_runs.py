@@ -326,8 +326,11 @@ def section_of(group: Group) -> str:
     first = group.first
     if first.superseded or "[run before" in group.label:
         return "record"  # kept for the record: code or presets that no longer stand
-    if first.name.startswith("search2_"):
-        return "search2"  # the second search (batch 128): screens and full-length candidates, seed 0 first
+    recipe = first.experiment == "pixel_mnist" and first.preset in IRNN_FAST_PRESETS
+    if recipe and not first.name.startswith("search_") and not overrides(first):
+        return "irnn_fast"  # a preset as it stands, whatever its runs were named (a candidate it adopted)
+    if first.name.startswith("search2_") or (recipe and first.preset.startswith("irnn_tuned")):
+        return "search2"  # the second search (batch 128): screens, full-length candidates, irnn_tuned's past forms
     if first.name.startswith("search_") or (first.preset in IRNN_FAST_PRESETS and overrides(first)):
         return "search"  # every candidate of the irnn_fast recipe, beside the presets as they stand
     if first.experiment == "row_mnist" and first.preset == "tanh50_dense30_as_logged":

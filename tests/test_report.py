@@ -333,8 +333,8 @@ def test_irnn_tuned_takes_what_the_second_search_found_best_on_validation():
     schedules = {
         run.config["lr_schedule"]: final(run)
         for run in loaded
-        if run.name.startswith("search2_120ep_") and run.config["seed"] == 0 and not run.unfinished
-    }
+        if run.name.startswith("search2_120ep_adam_") and run.config["seed"] == 0 and not run.unfinished
+    }  # the schedule's two candidates (the permuted spike-guard runs are search2_120ep_permuted_*)
     assert set(schedules) == {"cosine", "step"} and tuned.lr_schedule == max(schedules, key=schedules.get)
     assert pixel_mnist.IRNN_TUNED["lr_schedule"] == tuned.lr_schedule == "step"
 
@@ -533,3 +533,18 @@ def test_the_headline_plot_draws_the_best_recipe_that_has_runs_in_both_orders(tm
     assert "irnn_tuned's seeds in each pixel order" in report.headline(report.group_runs([s0, *fast, *tuned]), "")
     assert report_headline.plot_headline(report.group_runs([s0, *fast, *tuned]), tmp_path / "h.png")
     assert (tmp_path / "h.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_preset_whose_seeds_were_all_search_runs_stands_with_the_presets_and_its_past_form_with_the_search():
+    """Runs named as search candidates whose settings are exactly a preset's are that preset's seeds,
+    shown with the presets; runs of an irnn_tuned preset whose settings it no longer has (a past form
+    of the preset) stay on the page with the second search."""
+    adopted = []
+    for seed in (0, 1, 2):
+        run = _irnn_fast_run("irnn_tuned_permuted", seed, 0.9, 0.9)
+        run.name = f"search2_candidate_seed{seed}"
+        adopted.append(run)
+    past = _irnn_fast_run("irnn_tuned_permuted", 0, 0.8, 0.8, clip_norm=1.0)  # the preset before a change
+    sections = [report.section_of(g) for g in report.group_runs([*adopted, past])]
+    assert sections == ["irnn_fast", "search2"]
+    assert report_headline.find(report.group_runs(adopted), "pixel_mnist", "irnn_tuned_permuted") is not None
