@@ -339,6 +339,22 @@ def test_irnn_tuned_takes_what_the_second_search_found_best_on_validation():
     assert pixel_mnist.IRNN_TUNED["lr_schedule"] == tuned.lr_schedule == "step"
 
 
+def test_irnn_tuned_permuted_takes_the_spike_guard_that_ended_higher_on_validation_over_three_seeds():
+    """The permuted recipe without the guard (irnn_tuned_permuted_seed*, the preset's past form) and with
+    it (search2_120ep_permuted_skip5_seed*), the same three seeds: the preset's guard is the one whose
+    seeds' mean final validation accuracy is higher."""
+    final = {}  # skip_spike_factor -> {seed: final validation accuracy}
+    for run in report.load_all():
+        if run.name.startswith(("irnn_tuned_permuted_seed", "search2_120ep_permuted_skip5_seed")):
+            assert not run.unfinished
+            by_seed = final.setdefault(run.config["skip_spike_factor"], {})
+            by_seed[run.config["seed"]] = run.rows[-1]["validation_accuracy"]
+    assert {k: sorted(v) for k, v in final.items()} == {0.0: [0, 1, 2], 5.0: [0, 1, 2]}
+    best = max(final, key=lambda k: np.mean(list(final[k].values())))
+    assert pixel_mnist.get_config("irnn_tuned_permuted").skip_spike_factor == best == 5.0
+    assert pixel_mnist.get_config("irnn_tuned").skip_spike_factor == 0.0  # pixel order is unchanged
+
+
 def test_a_run_on_another_recurrence_counts_for_its_preset_and_its_command_names_it():
     """The recurrence changes no result beyond float32 rounding: seeds run with "scan" and with the
     preset's "fused" are one configuration, and each printed command reproduces its own run."""

@@ -104,7 +104,9 @@ irnn_tuned, irnn_tuned_permuted, irnn_tuned_control
     optimiser, the rate, the input kernel's scale and the clipping (Adam and RMSprop were level;
     N(0, 0.03) to N(0, 0.1) beat N(0, 0.001) by 1 to 3 points, N(0, 0.3) or more was worse, and no
     clipping was worst); two full-length runs of seed 0 chose the step decay over a cosine. In
-    permuted order the same recipe runs as it is. Budget: under 2 hours on one core (37 minutes a
+    permuted order the same recipe with a spike guard (skip_spike_factor=5: a step whose gradient
+    norm is over 5 times its running mean is skipped), chosen on validation over 3 seeds after one
+    seed of the recipe without it blew up twice. Budget: under 2 hours on one core (37 minutes a
     seed on the 2-core Intel Xeon, both cores training). irnn_tuned_control is its matched control:
     the same recipe and length with the default-init ReLU RNN (rnn_relu: Keras's glorot-uniform input
     and orthogonal recurrent kernels) in place of the IRNN.
@@ -147,6 +149,10 @@ IRNN_TUNED = {
     "lr_schedule": "step",
     "lr_step_epochs": (100,),
     "num_epochs": {"pixel": 120, "permuted": 120},
+    # Permuted order: skip a step whose gradient norm is over 5x its running mean. Without it one seed
+    # of three blew up twice (0.821 validation); with it, the three seeds' mean validation accuracy
+    # rose from 0.8715 to 0.8991 (search2_120ep_permuted_skip5_seed*, 19 to 27 steps skipped a run).
+    "skip_spike_factor": {"pixel": 0.0, "permuted": 5.0},
 }
 PRESETS = (
     "keras",
@@ -278,6 +284,7 @@ def get_config(preset: str = "keras"):
         c.lr_step_epochs = IRNN_TUNED["lr_step_epochs"]
         c.lr_step_factor = 0.1
         c.num_epochs = IRNN_TUNED["num_epochs"][c.task]
+        c.skip_spike_factor = IRNN_TUNED["skip_spike_factor"][c.task]
         c.validation_size = 5000
         c.eval_every_steps = 860  # two epochs of 55,000 images at batch 128
         c.checkpoint_every_steps = 860
