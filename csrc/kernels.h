@@ -268,11 +268,13 @@ inline void over_chunks(F&& f) {
 // 6, 6, 2 + 2, whose blocks of 2 hold too few accumulators to cover the FMA's latency). A row left alone
 // would run at a fraction of the micro-kernel's rate (one row shares each load of the matrix with no
 // other): at batch 16 in blocks of 3, the 16th row took about a tenth of a step.
-template <int R, typename F>
-inline void with_rows(int size, int i, F&& f) {
-  if constexpr (R >= 1) {
-    if (size == R) return f(std::integral_constant<int, R>{}, i);
-    with_rows<R - 1>(size, i, f);
+// f(std::integral_constant<int, n>{}, at) for a run-time n in [1, N] (nothing for any other n): a loop
+// compiled for each block of rows, or chunk of vectors, that a run-time split can give.
+template <int N, typename F>
+inline void with_constant(int n, int at, F&& f) {
+  if constexpr (N >= 1) {
+    if (n == N) return f(std::integral_constant<int, N>{}, at);
+    with_constant<N - 1>(n, at, f);
   }
 }
 
@@ -283,7 +285,7 @@ inline void over_row_blocks(int n, F&& f) {
   const int nb = (n + RB - 1) / RB, base = n / nb, extra = n % nb;
   for (int b = 0, i = 0; b < nb; ++b) {
     const int size = base + (b < extra ? 1 : 0);
-    with_rows<RB>(size, i, f);
+    with_constant<RB>(size, i, f);
     i += size;
   }
 #else

@@ -68,19 +68,11 @@ inline void over_unit_vectors(int H, F&& f) {
 
 // f(std::integral_constant<int, n>{}, v) for the chunks [v, v + n) of kChunk vectors (the last one
 // shorter) that cover a row of nv vectors.
-template <int N, typename F>
-inline void last_chunk(int rest, int v, F&& f) {
-  if constexpr (N >= 1) {
-    if (rest == N) return f(std::integral_constant<int, N>{}, v);
-    last_chunk<N - 1>(rest, v, f);
-  }
-}
-
 template <typename F>
 inline void over_column_chunks(int nv, F&& f) {
   int v = 0;
   for (; v + kChunk <= nv; v += kChunk) f(std::integral_constant<int, kChunk>{}, v);
-  last_chunk<kChunk - 1>(nv - v, v, f);
+  with_constant<kChunk - 1>(nv - v, v, f);
 }
 
 // One forward step for rows [i, i + RB): the gate activations into a (stride S, packed), each gate

@@ -331,7 +331,7 @@ def section_of(group: Group) -> str:
         return "irnn_fast"  # a preset as it stands, whatever its runs were named (a candidate it adopted)
     if first.name.startswith("search2_") or (recipe and first.preset.startswith("irnn_tuned")):
         return "search2"  # the second search (batch 128): screens, full-length candidates, irnn_tuned's past forms
-    if first.name.startswith("search_") or (first.preset in IRNN_FAST_PRESETS and overrides(first)):
+    if first.name.startswith("search_") or recipe:  # (a recipe's preset as it stands returned above)
         return "search"  # every candidate of the irnn_fast recipe, beside the presets as they stand
     if first.experiment == "row_mnist" and first.preset == "tanh50_dense30_as_logged":
         return "s3replay"

@@ -122,10 +122,11 @@ def make_loss_fn(config):
     return loss_fn
 
 
-def _split_rows(batch: dict, parts: int) -> dict:
-    """The batch as `parts` chunks of equal rows (a leading axis), padded with masked rows to divide."""
+def _split_rows(batch: dict, chunk_rows: int) -> dict:
+    """The batch as `row_chunks` chunks of `chunk_size` rows each (a leading axis), padded with masked
+    rows to divide."""
     rows = batch["mask"].shape[0]
-    per = -(-rows // parts)  # chunk_size
+    parts, per = row_chunks(rows, chunk_rows), chunk_size(rows, chunk_rows)
     pad = parts * per - rows
 
     def split(a):
@@ -185,7 +186,7 @@ def chunked_value_and_grad(loss_fn, params, apply_fn, batch: dict, total_count, 
         return jax.tree.map(jnp.add, acc, (aux, grads)), None
 
     zeros = (tuple(jnp.zeros((), jnp.float32) for _ in range(3)), jax.tree.map(jnp.zeros_like, params))
-    (aux, grads), _ = jax.lax.scan(body, zeros, _split_rows(batch, parts))
+    (aux, grads), _ = jax.lax.scan(body, zeros, _split_rows(batch, chunk_rows))
     return (aux[0] / jnp.maximum(total_count, 1.0), aux), grads
 
 
